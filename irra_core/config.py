@@ -423,3 +423,16 @@ def config_from_reference_args(args: Mapping[str, Any], *, base: str | None = No
 
 def copy_config(cfg: Config) -> Config:
     return copy.deepcopy(cfg)
+
+
+#: size families of the workbook: the pipeline's ``--preset`` picks one, each notebook the model's preset in it
+PRESET_FAMILIES = {"cpu": {"irra": "irra-cpu", "php": "php-cpu"}, "paper": {"irra": "irra", "php": "php"}}
+
+
+def preset_for(arch: str, family: str) -> str:
+    """Preset name for a model (``"irra"``/``"php"``) in a size family (``"cpu"``/``"paper"``)."""
+    if family not in PRESET_FAMILIES:
+        raise ConfigError(f"unknown preset family {family!r}; choose one of {sorted(PRESET_FAMILIES)}")
+    if arch not in PRESET_FAMILIES[family]:
+        raise ConfigError(f"unknown model {arch!r}; choose one of {sorted(PRESET_FAMILIES[family])}")
+    return PRESET_FAMILIES[family][arch]
