@@ -1,0 +1,196 @@
+"""Attention maps over the person crop: image-tower rollout, text-token -> patch attention, CRFM tokens.
+
+All functions work on the tensors recorded by ``irra_core.model.capture.capture_attention``:
+``maps["image"]`` (layers of (B, heads, N, N), N = 1 + gh*gw, CLS first), ``maps["cross"]`` (IRRA's MLM
+cross-attention, (B, heads, L, N): text queries over image keys) and ``maps["crfm_image"]`` /
+``maps["crfm_text"]`` (PHP's CRFM unified-token weights, (B, cnum, P) and (B, cnum, L)).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from matplotlib.figure import Figure
+
+HEATMAP_CMAP = "inferno"
+
+
+def attention_rollout(maps: Sequence[torch.Tensor], *, head_fusion: str = "mean", residual: bool = True,
+                      discard_ratio: float = 0.0) -> torch.Tensor:
+    """Attention rollout (Abnar & Zuidema, 2020): how much the CLS token draws on each patch through all layers.
+
+    Each layer's attention is fused over heads, mixed with the identity for the residual path
+    (``0.5 A + 0.5 I``), renormalised over keys, and the layers are multiplied bottom-up.
+
+    Args:
+        maps: one (B, heads, N, N) tensor per layer, input layer first; N = 1 + patches, CLS first.
+        head_fusion: ``mean`` | ``max`` | ``min`` over heads.
+        residual: add the identity for the skip connection (the usual rollout; off gives raw products).
+        discard_ratio: drop this fraction of the smallest fused weights per row (never the CLS column) to sharpen.
+
+    Returns:
+        (B, N - 1): the CLS row of the rolled-out attention over the patches, each row summing to 1.
+    """
+    if not maps:
+        raise ValueError("no attention maps: run the model inside capture_attention(model) first")
+    fuse = {"mean": lambda a: a.mean(1), "max": lambda a: a.amax(1), "min": lambda a: a.amin(1)}
+    if head_fusion not in fuse:
+        raise ValueError(f"head_fusion must be one of {sorted(fuse)}, got {head_fusion!r}")
+    result = None
+    for layer in maps:
+        if layer.ndim != 4 or layer.shape[-1] != layer.shape[-2]:
+            raise ValueError(f"image attention must be (B, heads, N, N), got {tuple(layer.shape)}")
+        a = fuse[head_fusion](layer.float())
+        if discard_ratio > 0:
+            flat = a[:, :, 1:]
+            k = int(flat.shape[-1] * discard_ratio)
+            if k > 0:
+                low = flat.topk(k, dim=-1, largest=False).indices
+                flat = flat.scatter(-1, low, 0.0)
+                a = torch.cat([a[:, :, :1], flat], dim=-1)
+        if residual:
+            a = 0.5 * a + 0.5 * torch.eye(a.shape[-1], dtype=a.dtype)
+        a = a / a.sum(-1, keepdim=True).clamp_min(1e-12)
+        result = a if result is None else a @ result
+    cls_to_patches = result[:, 0, 1:]
+    return cls_to_patches / cls_to_patches.sum(-1, keepdim=True).clamp_min(1e-12)
+
+
+def patches_to_grid(weights: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """Reshape patch weights (..., P) into (..., gh, gw) in the tower's row-major patch order."""
+    gh, gw = grid
+    if weights.shape[-1] != gh * gw:
+        raise ValueError(f"{weights.shape[-1]} patch weights do not fill a {gh}x{gw} grid")
+    return weights.reshape(*weights.shape[:-1], gh, gw)
+
+
+def upsample_to_image(grid_map: torch.Tensor, img_size: tuple[int, int]) -> np.ndarray:
+    """Bilinear upsampling of a (gh, gw) map to the crop's (H, W), normalised to [0, 1] for display."""
+    m = F.interpolate(grid_map.float()[None, None], size=tuple(img_size), mode="bilinear", align_corners=False)[0, 0]
+    m = m - m.min()
+    return (m / m.max().clamp_min(1e-12)).numpy()
+
+
+def _new_axes(ax, figsize):
+    if ax is None:
+        fig = Figure(figsize=figsize)
+        ax = fig.add_subplot()
+    return ax.figure, ax
+
+
+def plot_heat_overlay(image: np.ndarray, grid_map: torch.Tensor, *, ax=None, title: str = "", alpha: float = 0.55) -> Figure:
+    """Draw a (gh, gw) weight map, upsampled, over an (H, W, 3) image."""
+    fig, ax = _new_axes(ax, (2.2, 4.4))
+    h, w = image.shape[:2]
+    ax.imshow(image)
+    ax.imshow(upsample_to_image(grid_map, (h, w)), cmap=HEATMAP_CMAP, alpha=alpha, extent=(-0.5, w - 0.5, h - 0.5, -0.5))
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(title, fontsize=8)
+    return fig
+
+
+def plot_rollout(images: Sequence[np.ndarray], rollout: torch.Tensor, grid: tuple[int, int], *,
+                 fig: Figure | None = None, titles: Sequence[str] | None = None) -> Figure:
+    """Each image beside its attention rollout: 2 rows (image, overlay) by ``len(images)`` columns.
+
+    Args:
+        images: B display images (H, W, 3).
+        rollout: (B, P) from :func:`attention_rollout`.
+        grid: (gh, gw) with gh * gw = P.
+    """
+    if len(images) != rollout.shape[0]:
+        raise ValueError(f"{len(images)} images but rollout for {rollout.shape[0]}")
+    fig = fig or Figure(figsize=(1.8 * len(images), 6.5))
+    axes = np.asarray(fig.subplots(2, len(images), squeeze=False))
+    for j, image in enumerate(images):
+        axes[0, j].imshow(image)
+        axes[0, j].set_xticks([])
+        axes[0, j].set_yticks([])
+        axes[0, j].set_title(titles[j] if titles else f"image {j}", fontsize=8)
+        plot_heat_overlay(image, patches_to_grid(rollout[j], grid), ax=axes[1, j], title="rollout")
+    fig.suptitle("image-tower attention rollout (CLS -> patches)")
+    return fig
+
+
+def text_to_patch(cross: torch.Tensor, *, drop_cls: bool = True) -> torch.Tensor:
+    """Head-averaged text-token -> image-patch attention of one cross-attention layer.
+
+    Args:
+        cross: (B, heads, L, N) text queries over image keys (CLS first).
+        drop_cls: drop the CLS key and renormalise over the patches.
+
+    Returns:
+        (B, L, P) with P = N - 1 (or N when ``drop_cls`` is False).
+    """
+    if cross.ndim != 4:
+        raise ValueError(f"cross-attention must be (B, heads, L, N), got {tuple(cross.shape)}")
+    a = cross.float().mean(1)
+    if drop_cls:
+        a = a[..., 1:]
+        a = a / a.sum(-1, keepdim=True).clamp_min(1e-12)
+    return a
+
+
+def plot_token_maps(image: np.ndarray, token_maps: torch.Tensor, labels: Sequence[str], grid: tuple[int, int], *,
+                    fig: Figure | None = None, title: str = "", ncols: int = 8) -> Figure:
+    """One overlay per token: the image, then ``len(labels)`` panels of (P,) weights laid on its patches.
+
+    Args:
+        image: (H, W, 3) display image.
+        token_maps: (T, P) one patch-weight row per panel (text tokens or CRFM unified tokens).
+        labels: T panel titles (the words, or ``unified token c``).
+        grid: (gh, gw) patch grid.
+    """
+    if token_maps.shape[0] != len(labels):
+        raise ValueError(f"{token_maps.shape[0]} maps but {len(labels)} labels")
+    n = len(labels) + 1
+    ncols = min(ncols, n)
+    nrows = -(-n // ncols)
+    fig = fig or Figure(figsize=(1.6 * ncols, 3.4 * nrows))
+    axes = np.asarray(fig.subplots(nrows, ncols, squeeze=False)).ravel()
+    axes[0].imshow(image)
+    axes[0].set_xticks([])
+    axes[0].set_yticks([])
+    axes[0].set_title("image", fontsize=8)
+    for ax, row, label in zip(axes[1:], token_maps, labels):
+        plot_heat_overlay(image, patches_to_grid(row, grid), ax=ax, title=label)
+    for ax in axes[n:]:
+        ax.set_axis_off()
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def plot_text_to_patch(image: np.ndarray, cross_maps: torch.Tensor, tokens: Sequence[str], grid: tuple[int, int], *,
+                       fig: Figure | None = None, skip: Sequence[str] = ("<|startoftext|>", "<|endoftext|>"),
+                       max_tokens: int = 15) -> Figure:
+    """IRRA's relation-reasoning branch: where each caption word looks in the image.
+
+    Args:
+        image: (H, W, 3) display image.
+        cross_maps: (L, P) one sample's :func:`text_to_patch` rows.
+        tokens: the L' <= L decoded tokens of the caption (padding omitted).
+        grid: (gh, gw) patch grid.
+        skip: special tokens not drawn.
+        max_tokens: cap on the panels.
+    """
+    keep = [i for i, t in enumerate(tokens) if t not in skip][:max_tokens]
+    if not keep:
+        raise ValueError("caption has no word tokens to draw")
+    return plot_token_maps(image, cross_maps[keep], [tokens[i] for i in keep], grid,
+                           fig=fig, title="text token -> image patch cross-attention (MLM branch, mean over heads)")
+
+
+def plot_crfm_maps(image: np.ndarray, crfm: torch.Tensor, grid: tuple[int, int], *, fig: Figure | None = None) -> Figure:
+    """PHP's CRFM: the softmax weights each unified token puts on the patches.
+
+    Args:
+        image: (H, W, 3) display image.
+        crfm: (cnum, P) one sample's ``maps["crfm_image"]`` row.
+        grid: (gh, gw) patch grid.
+    """
+    return plot_token_maps(image, crfm, [f"unified token {c}" for c in range(crfm.shape[0])], grid,
+                           fig=fig, title="CRFM unified tokens over the patches")
