@@ -1,0 +1,550 @@
+"""The workbook runner: execute the numbered notebooks headless with papermill.
+
+``python -m irra_core.pipeline`` (what ``make workbook`` runs) executes ``notebooks/NN_*.ipynb`` in order
+into ``outputs/runs/<run-name>/notebooks/`` (never in place), with an explicit kernel and the project
+root as working directory, and ends with a summary of where everything is and the headline metrics::
+
+    python -m irra_core.pipeline                               # CPU presets on the synthetic set
+    python -m irra_core.pipeline --preset paper --dataset CUHK-PEDES --data-root /data --device cuda
+    python -m irra_core.pipeline --from 10 --to 21 --override optim.lr=1e-4 --param EPOCHS=3
+    python -m irra_core.pipeline --run-name my-run --resume    # skips the notebooks that finished
+    python -m irra_core.pipeline --list                        # notebooks and their parameters
+
+Papermill only *warns* about a parameter a notebook does not declare; here such a name is an error,
+checked with ``papermill.inspect_notebook`` before anything runs. A failing cell stops the run with an
+error naming the notebook and the cell. The run folder keeps a small ``pipeline.json`` (written
+atomically) recording which notebooks finished, so ``--resume`` re-runs only what is missing or failed.
+
+The module also holds the few helpers every notebook needs (:func:`resolve_run_dir`,
+:func:`workbook_config`), so the notebooks stay free of ``def`` and of copied snippets. Papermill
+and jupyter_client are imported lazily: ``import irra_core.pipeline`` inside a notebook is cheap.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as _dt
+import os
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+import yaml
+
+from irra_core import paths
+from irra_core.io_utils import atomic_write_json, read_json
+
+#: the parameters every numbered notebook declares in its one ``parameters`` cell (docs/ARCHITECTURE.md)
+STANDARD_PARAMETERS = ("RUN_NAME", "PRESET", "DATASET", "DATA_ROOT", "OVERRIDES", "SMOKE", "DEVICE", "SEED",
+                       "RESUME", "INTERACTIVE")
+#: the runner flag that sets each standard parameter (``--param`` may not set these)
+FLAG_FOR = {"RUN_NAME": "--run-name", "PRESET": "--preset", "DATASET": "--dataset", "DATA_ROOT": "--data-root",
+            "OVERRIDES": "--override", "SMOKE": "--smoke", "DEVICE": "--device", "SEED": "--seed",
+            "RESUME": "--resume", "INTERACTIVE": "(always False in headless runs)"}
+#: parameters that must agree between a run and its ``--resume`` (DEVICE may change, e.g. to a GPU box)
+RESUME_MUST_MATCH = ("PRESET", "DATASET", "DATA_ROOT", "OVERRIDES", "SMOKE", "SEED")
+NOTEBOOK_GLOB = "[0-9][0-9]_*.ipynb"
+STATE_FILE = "pipeline.json"
+DEFAULT_KERNEL = "irra-workbook"
+#: ipykernel uses the inline backend only when MPLBACKEND is unset; ``make`` exports Agg for the tests,
+#: which would leave the executed notebooks without figures, so the kernel gets the inline one explicitly.
+KERNEL_MPLBACKEND = "module://matplotlib_inline.backend_inline"
+DATASETS = ("synthetic", "CUHK-PEDES", "ICFG-PEDES", "RSTPReid")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+class PipelineError(RuntimeError):
+    """The run cannot start or a notebook failed; the message names the notebook, cell or flag."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Helpers for the notebooks
+# --------------------------------------------------------------------------------------------------
+def default_run_name(preset: str, dataset: str, *, smoke: bool = False, now: _dt.datetime | None = None) -> str:
+    """``<YYYYmmdd-HHMMSS>_<preset>_<dataset>`` (plus ``_smoke``), e.g. ``20261128-071500_cpu_synthetic``."""
+    stamp = (now or _dt.datetime.now()).strftime("%Y%m%d-%H%M%S")
+    return f"{stamp}_{preset}_{dataset}" + ("_smoke" if smoke else "")
+
+
+def resolve_run_dir(run_name: str, preset: str = "cpu", dataset: str = "synthetic", *, smoke: bool = False,
+                    latest: bool = False, runs_root: str | Path | None = None) -> Path:
+    """The run folder a notebook writes into, created with its ``figures/`` sub-folder.
+
+    Args:
+        run_name: the notebook's ``RUN_NAME``; the runner always passes one. ``""`` (a notebook opened
+            by hand in JupyterLab) means a fresh auto-named run, or with ``latest=True`` the newest
+            existing run of this preset and dataset (for notebooks that read earlier results).
+        preset, dataset, smoke: used for the auto name only.
+        latest: see ``run_name``.
+        runs_root: defaults to :func:`irra_core.paths.runs_dir` (``IRRA_RUNS_DIR``, set by the runner).
+
+    Raises:
+        PipelineError: ``latest=True`` and no run of this preset and dataset exists yet.
+    """
+    root = Path(runs_root) if runs_root is not None else paths.runs_dir()
+    if run_name:
+        if Path(run_name).name != run_name:
+            raise PipelineError(f"RUN_NAME {run_name!r} must be a plain folder name (it lives under {root})")
+        run_dir = root / run_name
+    elif latest:
+        suffix = f"_{preset}_{dataset}" + ("_smoke" if smoke else "")
+        candidates = sorted(p for p in root.glob(f"*{suffix}") if p.is_dir()) if root.is_dir() else []
+        if not candidates:
+            raise PipelineError(f"RUN_NAME is empty and no earlier run '*{suffix}' exists under {root}; "
+                                f"run the training notebooks first or set RUN_NAME")
+        run_dir = candidates[-1]
+    else:
+        run_dir = root / default_run_name(preset, dataset, smoke=smoke)
+    (run_dir / "figures").mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def workbook_config(arch: str, preset: str = "cpu", dataset: str = "synthetic", data_root: str = "data",
+                    overrides: Mapping[str, Any] | None = None, *, smoke: bool = False, device: str = "auto",
+                    seed: int = 1, interactive: bool = False):
+    """The :class:`~irra_core.config.Config` a notebook trains or evaluates with.
+
+    ``arch`` ("irra" | "php") and the size family ``preset`` ("cpu" | "paper") pick the preset
+    (:func:`irra_core.config.preset_for`); the standard notebook parameters become dotted overrides;
+    ``overrides`` (the notebook's ``OVERRIDES``) are applied last and win. ``device="auto"`` keeps the
+    preset's choice (the smoke preset pins the CPU). Progress is a bar in JupyterLab and plain lines
+    headless (papermill issues #617/#765: bars stay at 0 when the output is not a live front end).
+    """
+    from irra_core.config import load_config, preset_for
+
+    values: dict[str, Any] = {"data.dataset": dataset, "data.root": str(data_root), "train.seed": int(seed),
+                              "train.progress": "bar" if interactive else "lines"}
+    if device != "auto":
+        values["train.device"] = device
+    values.update(dict(overrides or {}))
+    return load_config(preset_for(arch, preset), values, smoke=smoke)
+
+
+# --------------------------------------------------------------------------------------------------
+# Notebook discovery and parameters
+# --------------------------------------------------------------------------------------------------
+def discover_notebooks(notebooks_dir: str | Path | None = None) -> list[Path]:
+    """The numbered notebooks ``NN_*.ipynb`` of a folder, in order."""
+    folder = Path(notebooks_dir) if notebooks_dir is not None else paths.project_root() / "notebooks"
+    if not folder.is_dir():
+        raise PipelineError(f"notebook folder {folder} does not exist")
+    return sorted(folder.glob(NOTEBOOK_GLOB))
+
+
+def _number(path: Path) -> int:
+    return int(path.name[:2])
+
+
+def select_notebooks(notebooks: Sequence[Path], only: Sequence[str] | str | None = None,
+                     start: str | int | None = None, stop: str | int | None = None) -> list[Path]:
+    """Subset of ``notebooks``: ``only`` numbers or names (``"00,01"``, ``["20_evaluate"]``) and/or the
+    inclusive number range ``start``..``stop``. An ``only`` entry that matches nothing is an error."""
+    chosen = list(notebooks)
+    if only:
+        tokens = [t.strip() for t in (only.split(",") if isinstance(only, str) else only) if str(t).strip()]
+        picked: list[Path] = []
+        for token in tokens:
+            hits = [nb for nb in chosen if nb.stem == token or nb.name == token or nb.name.startswith(f"{token}_")]
+            if not hits:
+                raise PipelineError(f"--only {token!r} matches no notebook; available: {[nb.stem for nb in chosen]}")
+            picked += [nb for nb in hits if nb not in picked]
+        chosen = sorted(picked)
+    if start is not None:
+        chosen = [nb for nb in chosen if _number(nb) >= int(start)]
+    if stop is not None:
+        chosen = [nb for nb in chosen if _number(nb) <= int(stop)]
+    return chosen
+
+
+def inspect_parameters(notebooks: Sequence[Path]) -> dict[str, dict[str, dict]]:
+    """``{notebook stem: {parameter: {name, inferred_type_name, default, help}}}`` via papermill.
+
+    Raises:
+        PipelineError: a notebook has no ``parameters`` cell or lacks standard parameters.
+    """
+    import papermill as pm
+
+    declared = {}
+    for nb in notebooks:
+        params = pm.inspect_notebook(str(nb))
+        missing = [name for name in STANDARD_PARAMETERS if name not in params]
+        if missing:
+            raise PipelineError(f"{nb}: the cell tagged 'parameters' lacks the standard parameters {missing} "
+                                f"(see docs/ARCHITECTURE.md 'Notebook parameters')")
+        declared[nb.stem] = params
+    return declared
+
+
+def parse_value(text: str) -> Any:
+    """A ``--param`` value, read as YAML; ``1e-4`` (a string in YAML 1.1) becomes a float."""
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise PipelineError(f"cannot read {text!r} as YAML: {exc}") from exc
+    if isinstance(value, str) and re.fullmatch(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+", value.strip()):
+        return float(value)
+    return value
+
+
+def parse_assignment(text: str, flag: str = "--param") -> tuple[str, Any]:
+    """``"KEY=VALUE"`` -> ``(KEY, parsed VALUE)``."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise PipelineError(f"{flag} expects KEY=VALUE, got {text!r}")
+    return key.strip(), parse_value(value)
+
+
+_TYPE_CHECKS: dict[str, tuple[type, ...]] = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,),
+                                            "dict": (dict,), "list": (list,)}
+
+
+def check_extra_parameters(declared: Mapping[str, Mapping[str, dict]], extra: Mapping[str, Any]) -> None:
+    """Each ``--param`` must be declared by at least one selected notebook, not be a standard
+    parameter (those have flags), and fit the declared type annotation where there is one."""
+    for name, value in extra.items():
+        if name in STANDARD_PARAMETERS:
+            raise PipelineError(f"--param {name}=... sets a standard parameter; use {FLAG_FOR[name]} instead")
+        owners = {nb: params[name] for nb, params in declared.items() if name in params}
+        if not owners:
+            known = sorted({p for params in declared.values() for p in params} - set(STANDARD_PARAMETERS))
+            raise PipelineError(f"unknown parameter {name!r}: no selected notebook declares it "
+                                f"(selected: {sorted(declared)}; their own parameters: {known})")
+        for nb, info in owners.items():
+            allowed = _TYPE_CHECKS.get(info.get("inferred_type_name", "None"))
+            bad_bool = isinstance(value, bool) and allowed is not None and bool not in allowed
+            if allowed is not None and (not isinstance(value, allowed) or bad_bool):
+                raise PipelineError(f"--param {name}={value!r} ({type(value).__name__}) does not fit {nb}'s "
+                                    f"declaration '{name}: {info['inferred_type_name']}'")
+
+
+def choose_kernel(name: str | None = None) -> tuple[str, str | None]:
+    """The kernel to run with: ``name``, else ``IRRA_KERNEL``, else ``irra-workbook`` (registered by
+    ``make setup``); ``python3`` when that kernelspec is missing. Returns ``(kernel, note or None)``."""
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    wanted = name or os.environ.get("IRRA_KERNEL") or DEFAULT_KERNEL
+    specs = KernelSpecManager().find_kernel_specs()
+    if wanted in specs:
+        return wanted, None
+    if "python3" in specs or wanted == "python3":
+        return "python3", (f"kernel {wanted!r} is not registered (make setup registers it); using 'python3' "
+                           f"({sys.executable})")
+    raise PipelineError(f"neither kernel {wanted!r} nor 'python3' is registered; run `make setup` or "
+                        f"`python -m ipykernel install --sys-prefix --name {DEFAULT_KERNEL}`")
+
+
+# --------------------------------------------------------------------------------------------------
+# Run state
+# --------------------------------------------------------------------------------------------------
+@dataclass
+class NotebookResult:
+    """What happened to one notebook in this invocation."""
+
+    name: str
+    status: str  # done | skipped (finished earlier) | failed | not run
+    duration_s: float = 0.0
+    output: Path | None = None
+    error: str = ""
+
+
+@dataclass
+class PipelineResult:
+    run_dir: Path
+    notebooks: list[NotebookResult] = field(default_factory=list)
+    metrics: dict | None = None
+    kernel: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(r.status in ("done", "skipped") for r in self.notebooks)
+
+
+def _now() -> str:
+    return _dt.datetime.now().isoformat(timespec="seconds")
+
+
+def _load_state(run_dir: Path) -> dict:
+    path = run_dir / STATE_FILE
+    return read_json(path, "pipeline state") if path.exists() else {}
+
+
+@contextlib.contextmanager
+def _kernel_environment(runs_root: Path) -> Iterator[None]:
+    """Environment the kernel inherits: where runs live, no hub downloads, inline figures."""
+    wanted = {"IRRA_RUNS_DIR": str(runs_root), "HF_HUB_OFFLINE": "1", "MPLBACKEND": KERNEL_MPLBACKEND,
+              "PYTHONUNBUFFERED": "1"}
+    saved = {key: os.environ.get(key) for key in wanted}
+    os.environ.update(wanted)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _describe_failure(nb: Path, exc: BaseException, output: Path) -> str:
+    from papermill.exceptions import PapermillExecutionError
+
+    if isinstance(exc, PapermillExecutionError):
+        first_line = (exc.source or "").strip().splitlines()[:1]
+        return (f"notebook {nb.name} failed in cell In [{exc.exec_count}] (cell #{exc.cell_index}"
+                f"{': ' + first_line[0] if first_line else ''}): {exc.ename}: {exc.evalue}\n"
+                f"  executed copy with the traceback: {output}")
+    return f"notebook {nb.name} did not complete: {type(exc).__name__}: {exc}\n  partial copy: {output}"
+
+
+# --------------------------------------------------------------------------------------------------
+# The run
+# --------------------------------------------------------------------------------------------------
+def run_pipeline(*, dataset: str = "synthetic", data_root: str | Path | None = None, preset: str = "cpu",
+                 run_name: str | None = None, params: Mapping[str, Any] | None = None,
+                 overrides: Mapping[str, Any] | None = None, only: Sequence[str] | str | None = None,
+                 start: str | int | None = None, stop: str | int | None = None, resume: bool = False,
+                 smoke: bool = False, device: str = "auto", seed: int = 1,
+                 notebooks_dir: str | Path | None = None, runs_dir: str | Path | None = None,
+                 kernel: str | None = None, cell_timeout: int | None = None, stream: bool = True,
+                 echo: Callable[[str], None] = print) -> PipelineResult:
+    """Execute the selected numbered notebooks into ``<runs_dir>/<run_name>/notebooks/``.
+
+    Args mirror the command-line flags (see ``python -m irra_core.pipeline --help``); ``params`` are
+    notebook-specific parameters (``--param``), ``overrides`` dotted config keys merged into each
+    notebook's ``OVERRIDES``. ``stream`` echoes the notebooks' stdout/stderr (training progress lines)
+    to this process's terminal.
+
+    Returns:
+        A :class:`PipelineResult`; ``result.ok`` is True when every selected notebook finished.
+
+    Raises:
+        PipelineError: bad flags or parameters, an existing run folder without ``resume``, or a
+            notebook that failed (the message names it and the cell; the state file records it).
+    """
+    import papermill as pm
+
+    from irra_core.config import PRESET_FAMILIES
+
+    if preset not in PRESET_FAMILIES:
+        raise PipelineError(f"--preset {preset!r} is not one of {sorted(PRESET_FAMILIES)}")
+    if dataset not in DATASETS:
+        raise PipelineError(f"--dataset {dataset!r} is not one of {list(DATASETS)}")
+    if device not in DEVICES and not re.fullmatch(r"cuda:\d+", device):
+        raise PipelineError(f"--device {device!r} is not one of {list(DEVICES)} or 'cuda:N'")
+
+    notebooks = select_notebooks(discover_notebooks(notebooks_dir), only, start, stop)
+    if not notebooks:
+        raise PipelineError(f"no notebook selected (folder {notebooks_dir or 'notebooks'}, --only {only!r}, "
+                            f"--from {start!r}, --to {stop!r})")
+    extra = dict(params or {})
+    declared = inspect_parameters(notebooks)
+    check_extra_parameters(declared, extra)
+
+    runs_root = Path(runs_dir).resolve() if runs_dir is not None else paths.runs_dir()
+    if resume and not run_name:
+        existing = sorted(p.name for p in runs_root.glob("*") if (p / STATE_FILE).exists()) if runs_root.is_dir() else []
+        raise PipelineError("--resume needs --run-name" + (f" (the latest run is {existing[-1]!r})" if existing else ""))
+    run_name = run_name or default_run_name(preset, dataset, smoke=smoke)
+    if Path(run_name).name != run_name or run_name in (".", ".."):
+        raise PipelineError(f"--run-name {run_name!r} must be a plain folder name")
+    run_dir = runs_root / run_name
+    if run_dir.exists() and not resume:
+        raise PipelineError(f"run folder {run_dir} already exists; pass --resume to continue it or choose "
+                            f"another --run-name")
+    if resume and not run_dir.exists():
+        raise PipelineError(f"--resume: run folder {run_dir} does not exist")
+
+    standard = {"RUN_NAME": run_name, "PRESET": preset, "DATASET": dataset,
+                "DATA_ROOT": str(Path(data_root).resolve()) if data_root is not None else str(paths.data_root()),
+                "OVERRIDES": dict(overrides or {}), "SMOKE": bool(smoke), "DEVICE": device, "SEED": int(seed),
+                "RESUME": bool(resume), "INTERACTIVE": False}
+    state = _load_state(run_dir) if resume else {}
+    result = PipelineResult(run_dir=run_dir)
+    if resume and not state:
+        result.notes.append(f"{run_dir} has no {STATE_FILE}; running every selected notebook")
+    for key in RESUME_MUST_MATCH if state else ():
+        before = state.get("parameters", {}).get(key)
+        if before != standard[key]:
+            flag = FLAG_FOR[key]
+            raise PipelineError(f"--resume: run {run_name!r} was started with {key}={before!r} but this call "
+                                f"gives {standard[key]!r}; pass the same {flag} or start a new run")
+
+    kernel_name, note = choose_kernel(kernel)
+    result.kernel = kernel_name
+    if note:
+        result.notes.append(note)
+    for line in result.notes:
+        echo(f"note: {line}")
+
+    out_dir = run_dir / "notebooks"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    state = state or {"run_name": run_name, "created": _now(), "notebooks": {}}
+    state.update({"parameters": {k: v for k, v in standard.items() if k not in ("RESUME", "INTERACTIVE")},
+                  "kernel": kernel_name, "updated": _now()})
+    state.setdefault("notebooks", {})
+    state.setdefault("extra_parameters", {}).update(extra)
+
+    def save_state() -> None:
+        state["updated"] = _now()
+        atomic_write_json(run_dir / STATE_FILE, state)
+
+    save_state()
+    failure: str | None = None
+    with _kernel_environment(runs_root):
+        for nb in notebooks:
+            output = out_dir / nb.name
+            if output.resolve() == nb.resolve():  # the one thing papermill would happily do
+                raise PipelineError(f"refusing to execute {nb} in place")
+            if failure is not None:
+                result.notebooks.append(NotebookResult(nb.stem, "not run", output=output))
+                continue
+            previous = state["notebooks"].get(nb.stem, {})
+            if resume and previous.get("status") == "done":
+                result.notebooks.append(NotebookResult(nb.stem, "skipped", previous.get("duration_s", 0.0), output))
+                echo(f"== {nb.stem}: finished in an earlier call, skipped")
+                continue
+            parameters = {k: v for k, v in standard.items() if k in declared[nb.stem]}
+            parameters.update({k: v for k, v in extra.items() if k in declared[nb.stem]})
+            echo(f"== {nb.stem}: running -> {output}")
+            state["notebooks"][nb.stem] = {"status": "running", "started": _now()}
+            save_state()
+            began = time.perf_counter()
+            try:
+                pm.execute_notebook(str(nb), str(output), parameters=parameters, kernel_name=kernel_name,
+                                    cwd=str(paths.project_root()), progress_bar=False,
+                                    stdout_file=sys.stdout if stream else None,
+                                    stderr_file=sys.stderr if stream else None,
+                                    execution_timeout=cell_timeout)
+            except KeyboardInterrupt:
+                state["notebooks"][nb.stem] = {"status": "interrupted", "finished": _now()}
+                save_state()
+                raise
+            except Exception as exc:  # a cell error (PapermillExecutionError), kernel death or a timeout
+                duration = time.perf_counter() - began
+                failure = _describe_failure(nb, exc, output)
+                state["notebooks"][nb.stem] = {"status": "failed", "duration_s": round(duration, 2),
+                                               "finished": _now(), "error": failure}
+                save_state()
+                result.notebooks.append(NotebookResult(nb.stem, "failed", duration, output, failure))
+                continue
+            duration = time.perf_counter() - began
+            state["notebooks"][nb.stem] = {"status": "done", "duration_s": round(duration, 2), "finished": _now()}
+            save_state()
+            result.notebooks.append(NotebookResult(nb.stem, "done", duration, output))
+            echo(f"== {nb.stem}: done in {duration:.1f} s")
+
+    metrics_path = run_dir / "metrics.json"
+    if metrics_path.exists():
+        result.metrics = read_json(metrics_path, "run metrics")
+    if failure is not None:
+        echo(format_summary(result))
+        raise PipelineError(failure)
+    return result
+
+
+def format_summary(result: PipelineResult) -> str:
+    """Human summary: run folder, each notebook's status and duration, headline metrics."""
+    lines = [f"Run folder: {result.run_dir}", f"  executed notebooks: {result.run_dir / 'notebooks'}",
+             f"  figures:            {result.run_dir / 'figures'}", "Notebooks:"]
+    for r in result.notebooks:
+        lines.append(f"  {r.name:<28} {r.status:<8} {r.duration_s:7.1f} s")
+    total = sum(r.duration_s for r in result.notebooks if r.status == "done")
+    lines.append(f"  {'total (this call)':<28} {'':<8} {total:7.1f} s")
+    metrics = result.metrics
+    if metrics:
+        lines.append(f"Headline metrics ({result.run_dir / 'metrics.json'}):")
+        for direction in ("t2i", "i2t"):
+            if isinstance(metrics.get(direction), Mapping):
+                lines.append(f"  {direction}: " + _metric_line(metrics[direction]))
+        for model, values in (metrics.get("models") or {}).items():
+            if isinstance(values, Mapping) and isinstance(values.get("t2i"), Mapping):
+                lines.append(f"  {model:<14} t2i " + _metric_line(values["t2i"]))
+    else:
+        lines.append("Headline metrics: none yet (the evaluation notebook writes metrics.json)")
+    return "\n".join(lines)
+
+
+def _metric_line(values: Mapping[str, Any]) -> str:
+    return "  ".join(f"{k} {values[k]:.2f}" for k in ("R1", "R5", "R10", "mAP", "mINP")
+                     if isinstance(values.get(k), (int, float)))
+
+
+def format_listing(notebooks: Sequence[Path]) -> str:
+    """The notebooks and their own parameters (``--list``)."""
+    import papermill as pm
+
+    lines = [f"standard parameters (every notebook): {', '.join(STANDARD_PARAMETERS)}"]
+    for nb in notebooks:
+        params = pm.inspect_notebook(str(nb))
+        lines.append(nb.stem)
+        for name, info in params.items():
+            if name in STANDARD_PARAMETERS:
+                continue
+            help_text = f"  # {info['help']}" if info.get("help") else ""
+            lines.append(f"    {name}: {info['inferred_type_name']} = {info['default']}{help_text}")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m irra_core.pipeline",
+        description="Run the numbered workbook notebooks headless with papermill into outputs/runs/<run>/.")
+    parser.add_argument("--dataset", default="synthetic", choices=DATASETS, help="dataset (default: synthetic)")
+    parser.add_argument("--data-root", default=None,
+                        help="folder holding the datasets (default: IRRA_DATA_ROOT or <project>/data)")
+    parser.add_argument("--preset", default="cpu", help="size family: cpu (small towers) | paper (ViT-B/16, GPU)")
+    parser.add_argument("--run-name", default=None, help="run folder name (default <YYYYmmdd-HHMMSS>_<preset>_<dataset>)")
+    parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                        help="a notebook's own parameter, value read as YAML (repeatable)")
+    parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                        help="dotted config override for every notebook, e.g. optim.lr=1e-4 (repeatable)")
+    parser.add_argument("--only", default=None, help="comma-separated notebook numbers or names, e.g. 00,01")
+    parser.add_argument("--from", dest="start", default=None, help="first notebook number to run (inclusive)")
+    parser.add_argument("--to", dest="stop", default=None, help="last notebook number to run (inclusive)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue an existing run: skip finished notebooks, re-run failed ones")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes (SMOKE=True), as in CI")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument("--seed", type=int, default=1, help="training seed (SEED)")
+    parser.add_argument("--notebooks-dir", default=None, help="folder of numbered notebooks (default notebooks/)")
+    parser.add_argument("--runs-dir", default=None, help="where run folders go (default outputs/runs)")
+    parser.add_argument("--kernel", default=None, help=f"Jupyter kernel (default IRRA_KERNEL or {DEFAULT_KERNEL})")
+    parser.add_argument("--cell-timeout", type=int, default=None, help="seconds any one cell may run")
+    parser.add_argument("--quiet", action="store_true", help="do not echo the notebooks' output")
+    parser.add_argument("--list", action="store_true", help="list the notebooks and their parameters, run nothing")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.list:
+            notebooks = select_notebooks(discover_notebooks(args.notebooks_dir), args.only, args.start, args.stop)
+            print(format_listing(notebooks))
+            return 0
+        params = dict(parse_assignment(p, "--param") for p in args.param)
+        overrides = dict(parse_assignment(o, "--override") for o in args.override)
+        started = time.perf_counter()
+        result = run_pipeline(dataset=args.dataset, data_root=args.data_root, preset=args.preset,
+                              run_name=args.run_name, params=params, overrides=overrides, only=args.only,
+                              start=args.start, stop=args.stop, resume=args.resume, smoke=args.smoke,
+                              device=args.device, seed=args.seed, notebooks_dir=args.notebooks_dir,
+                              runs_dir=args.runs_dir, kernel=args.kernel, cell_timeout=args.cell_timeout,
+                              stream=not args.quiet)
+    except PipelineError as exc:
+        print(f"\nirra_core.pipeline: error: {exc}", file=sys.stderr)
+        return 1
+    print("\n" + format_summary(result))
+    print(f"Wall time: {time.perf_counter() - started:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
