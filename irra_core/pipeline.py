@@ -40,10 +40,12 @@ from irra_core.io_utils import atomic_write_json, read_json
 #: the parameters every numbered notebook declares in its one ``parameters`` cell (docs/ARCHITECTURE.md)
 STANDARD_PARAMETERS = ("RUN_NAME", "PRESET", "DATASET", "DATA_ROOT", "OVERRIDES", "SMOKE", "DEVICE", "SEED",
                        "RESUME", "INTERACTIVE")
-#: the runner flag that sets each standard parameter (``--param`` may not set these)
+#: the runner flag that sets each standard parameter; ``--param NAME=...`` may set the same ones too
 FLAG_FOR = {"RUN_NAME": "--run-name", "PRESET": "--preset", "DATASET": "--dataset", "DATA_ROOT": "--data-root",
             "OVERRIDES": "--override", "SMOKE": "--smoke", "DEVICE": "--device", "SEED": "--seed",
             "RESUME": "--resume", "INTERACTIVE": "(always False in headless runs)"}
+#: standard parameters only the runner decides: the run folder, resumption and headless widgets
+RUNNER_ONLY = ("RUN_NAME", "RESUME", "INTERACTIVE")
 #: parameters that must agree between a run and its ``--resume`` (DEVICE may change, e.g. to a GPU box)
 RESUME_MUST_MATCH = ("PRESET", "DATASET", "DATA_ROOT", "OVERRIDES", "SMOKE", "SEED")
 NOTEBOOK_GLOB = "[0-9][0-9]_*.ipynb"
@@ -202,11 +204,11 @@ _TYPE_CHECKS: dict[str, tuple[type, ...]] = {"int": (int,), "float": (int, float
 
 
 def check_extra_parameters(declared: Mapping[str, Mapping[str, dict]], extra: Mapping[str, Any]) -> None:
-    """Each ``--param`` must be declared by at least one selected notebook, not be a standard
-    parameter (those have flags), and fit the declared type annotation where there is one."""
+    """Each notebook-specific ``--param`` must be declared by at least one selected notebook and fit
+    the declared type annotation where there is one (standard names are split off beforehand)."""
     for name, value in extra.items():
         if name in STANDARD_PARAMETERS:
-            raise PipelineError(f"--param {name}=... sets a standard parameter; use {FLAG_FOR[name]} instead")
+            raise PipelineError(f"--param {name}=... is a standard parameter; use {FLAG_FOR[name]}")
         owners = {nb: params[name] for nb, params in declared.items() if name in params}
         if not owners:
             known = sorted({p for params in declared.values() for p in params} - set(STANDARD_PARAMETERS))
@@ -218,6 +220,15 @@ def check_extra_parameters(declared: Mapping[str, Mapping[str, dict]], extra: Ma
             if allowed is not None and (not isinstance(value, allowed) or bad_bool):
                 raise PipelineError(f"--param {name}={value!r} ({type(value).__name__}) does not fit {nb}'s "
                                     f"declaration '{name}: {info['inferred_type_name']}'")
+
+
+_STANDARD_TYPES = {"PRESET": str, "DATASET": str, "DATA_ROOT": str, "SMOKE": bool, "DEVICE": str, "SEED": int}
+
+
+def _check_standard_type(name: str, value: Any) -> None:
+    wanted = _STANDARD_TYPES[name]
+    if not isinstance(value, wanted) or (wanted is int and isinstance(value, bool)):
+        raise PipelineError(f"--param {name}={value!r} must be of type {wanted.__name__}")
 
 
 def choose_kernel(name: str | None = None) -> tuple[str, str | None]:
@@ -329,6 +340,23 @@ def run_pipeline(*, dataset: str = "synthetic", data_root: str | Path | None = N
 
     from irra_core.config import PRESET_FAMILIES
 
+    extra = dict(params or {})
+    # the standard names may come through --param too (README: --param SEED=2); the runner keeps a few
+    given = {"DATASET": dataset, "DATA_ROOT": data_root, "PRESET": preset, "SMOKE": smoke, "DEVICE": device,
+             "SEED": seed}
+    for name in [n for n in extra if n in STANDARD_PARAMETERS]:
+        if name in RUNNER_ONLY:
+            raise PipelineError(f"--param {name}=... is decided by the runner; use {FLAG_FOR[name]}")
+        value = extra.pop(name)
+        if name == "OVERRIDES":
+            if not isinstance(value, Mapping):
+                raise PipelineError(f"--param OVERRIDES must be a mapping such as '{{optim.lr: 1.0e-4}}', got {value!r}")
+            overrides = {**value, **dict(overrides or {})}
+        else:
+            _check_standard_type(name, value)
+            given[name] = value
+    dataset, data_root, preset = given["DATASET"], given["DATA_ROOT"], given["PRESET"]
+    smoke, device, seed = given["SMOKE"], given["DEVICE"], given["SEED"]
     if preset not in PRESET_FAMILIES:
         raise PipelineError(f"--preset {preset!r} is not one of {sorted(PRESET_FAMILIES)}")
     if dataset not in DATASETS:
@@ -340,7 +368,6 @@ def run_pipeline(*, dataset: str = "synthetic", data_root: str | Path | None = N
     if not notebooks:
         raise PipelineError(f"no notebook selected (folder {notebooks_dir or 'notebooks'}, --only {only!r}, "
                             f"--from {start!r}, --to {stop!r})")
-    extra = dict(params or {})
     declared = inspect_parameters(notebooks)
     check_extra_parameters(declared, extra)
 
@@ -496,10 +523,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m irra_core.pipeline",
         description="Run the numbered workbook notebooks headless with papermill into outputs/runs/<run>/.")
-    parser.add_argument("--dataset", default="synthetic", choices=DATASETS, help="dataset (default: synthetic)")
+    parser.add_argument("--dataset", default=None, choices=DATASETS, help="dataset (default: synthetic)")
     parser.add_argument("--data-root", default=None,
                         help="folder holding the datasets (default: IRRA_DATA_ROOT or <project>/data)")
-    parser.add_argument("--preset", default="cpu", help="size family: cpu (small towers) | paper (ViT-B/16, GPU)")
+    parser.add_argument("--preset", default=None, help="size family: cpu (small towers) | paper (ViT-B/16, GPU)")
     parser.add_argument("--run-name", default=None, help="run folder name (default <YYYYmmdd-HHMMSS>_<preset>_<dataset>)")
     parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                         help="a notebook's own parameter, value read as YAML (repeatable)")
@@ -511,8 +538,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--resume", action="store_true",
                         help="continue an existing run: skip finished notebooks, re-run failed ones")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes (SMOKE=True), as in CI")
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    parser.add_argument("--seed", type=int, default=1, help="training seed (SEED)")
+    parser.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N (default auto)")
+    parser.add_argument("--seed", type=int, default=None, help="training seed (SEED, default 1)")
     parser.add_argument("--notebooks-dir", default=None, help="folder of numbered notebooks (default notebooks/)")
     parser.add_argument("--runs-dir", default=None, help="where run folders go (default outputs/runs)")
     parser.add_argument("--kernel", default=None, help=f"Jupyter kernel (default IRRA_KERNEL or {DEFAULT_KERNEL})")
@@ -531,6 +558,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         params = dict(parse_assignment(p, "--param") for p in args.param)
         overrides = dict(parse_assignment(o, "--override") for o in args.override)
+        for name, dest in (("PRESET", "preset"), ("DATASET", "dataset"), ("DATA_ROOT", "data_root"),
+                           ("DEVICE", "device"), ("SEED", "seed"), ("SMOKE", "smoke")):
+            if name in params and getattr(args, dest) not in (None, False):
+                raise PipelineError(f"{name} is given twice, by {FLAG_FOR[name]} and by --param {name}=...")
+        defaults = {"preset": "cpu", "dataset": "synthetic", "device": "auto", "seed": 1}
+        for dest, value in defaults.items():
+            if getattr(args, dest) is None:
+                setattr(args, dest, value)
         started = time.perf_counter()
         result = run_pipeline(dataset=args.dataset, data_root=args.data_root, preset=args.preset,
                               run_name=args.run_name, params=params, overrides=overrides, only=args.only,

@@ -48,7 +48,7 @@ def workbook(tmp_path):
     return notebooks, tmp_path / "runs"
 
 
-def test_unknown_or_misused_parameters_fail_before_anything_runs(workbook):
+def test_unknown_or_misused_parameters_fail_before_anything_runs(workbook, capsys):
     notebooks, runs = workbook
     common = dict(notebooks_dir=notebooks, runs_dir=runs, run_name="r")
     with pytest.raises(PipelineError, match=r"unknown parameter 'EXTAR'.*EXTRA"):
@@ -56,8 +56,13 @@ def test_unknown_or_misused_parameters_fail_before_anything_runs(workbook):
     # declared only by 01_a: selecting 02 alone makes it unknown
     with pytest.raises(PipelineError, match="unknown parameter 'EXTRA'"):
         run_pipeline(params={"EXTRA": 2}, only="02", **common)
-    with pytest.raises(PipelineError, match="use --seed"):
-        run_pipeline(params={"SEED": 3}, **common)
+    with pytest.raises(PipelineError, match="decided by the runner; use --run-name"):
+        run_pipeline(params={"RUN_NAME": "other"}, **common)
+    with pytest.raises(PipelineError, match="SEED='three' must be of type int"):
+        run_pipeline(params={"SEED": "three"}, **common)
+    assert pipeline.main(["--notebooks-dir", str(notebooks), "--runs-dir", str(runs), "--seed", "2",
+                          "--param", "SEED=3"]) == 1
+    assert "SEED is given twice" in capsys.readouterr().err
     with pytest.raises(PipelineError, match=r"EXTRA='many'.*'EXTRA: int'"):
         run_pipeline(params={"EXTRA": "many"}, **common)
     with pytest.raises(PipelineError, match="--preset 'gpu'"):
@@ -86,7 +91,7 @@ def test_failure_names_notebook_and_cell_then_resume_skips_finished(workbook, ca
     notebooks, runs = workbook
     sources = {p.name: p.read_bytes() for p in notebooks.glob("*.ipynb")}
     argv = ["--notebooks-dir", str(notebooks), "--runs-dir", str(runs), "--run-name", "r", "--quiet",
-            "--param", "EXTRA=5"]
+            "--param", "EXTRA=5", "--param", "SEED=3", "--override", "optim.lr=1e-4"]
     assert pipeline.main(argv) == 1
     err = capsys.readouterr().err
     # In [6]: import, parameters, papermill's injected cell, run folder, assert, raise
@@ -101,6 +106,8 @@ def test_failure_names_notebook_and_cell_then_resume_skips_finished(workbook, ca
     executed_b = nbformat.read(run / "notebooks" / "02_b.ipynb", as_version=4)
     assert executed_a.metadata.papermill.parameters["EXTRA"] == 5
     assert executed_a.metadata.papermill.parameters["INTERACTIVE"] is False
+    assert executed_a.metadata.papermill.parameters["SEED"] == 3  # a standard name through --param
+    assert executed_a.metadata.papermill.parameters["OVERRIDES"] == {"optim.lr": 1e-4}
     assert "EXTRA" not in executed_b.metadata.papermill.parameters  # passed only to notebooks declaring it
     assert (run / "count_a.txt").read_text() == "5"
 
