@@ -22,6 +22,7 @@ from matplotlib.figure import Figure
 CORRECT_COLOR = "#2ca02c"  # green frame: same identity as the query
 WRONG_COLOR = "#d62728"  # red frame: another identity
 GT_COLOR = "#1f77b4"  # blue frame: a ground-truth image shown for reference
+NEUTRAL_COLOR = "#7f7f7f"  # grey frame: a free-text query has no identity to check against
 
 ImageLoader = Callable[[int], np.ndarray]
 
@@ -126,7 +127,7 @@ def _show(ax, image: np.ndarray | None, color: str | None, label: str, lw: float
 
 
 def plot_query_row(axes, caption: str, result_images: Sequence[np.ndarray], scores: Sequence[float],
-                   correct: Sequence[bool], gt_images: Sequence[np.ndarray], *, n_gt: int = 1,
+                   correct: Sequence[bool | None], gt_images: Sequence[np.ndarray], *, n_gt: int = 1,
                    first_hit_rank: int | None = None) -> None:
     """Draw one query into a row of axes: ``n_gt`` ground-truth panels, then one panel per result."""
     if not (len(result_images) == len(scores) == len(correct)):
@@ -137,7 +138,8 @@ def plot_query_row(axes, caption: str, result_images: Sequence[np.ndarray], scor
         image = gt_images[j] if j < len(gt_images) else None
         _show(axes[j], image, GT_COLOR if image is not None else None, "ground truth" if image is not None else "")
     for j, (image, score, ok) in enumerate(zip(result_images, scores, correct)):
-        _show(axes[n_gt + j], image, CORRECT_COLOR if ok else WRONG_COLOR, f"#{j + 1}  {score:.3f}")
+        color = NEUTRAL_COLOR if ok is None else CORRECT_COLOR if ok else WRONG_COLOR
+        _show(axes[n_gt + j], image, color, f"#{j + 1}  {score:.3f}")
     header = textwrap.fill(caption, 110)
     if first_hit_rank is not None:
         header += f"   [first hit: rank {first_hit_rank}]"
@@ -150,7 +152,8 @@ def plot_topk_gallery(queries: Sequence[dict], load_image: ImageLoader, gallery_
     """Top-k galleries for several queries, one row each.
 
     Args:
-        queries: dicts (or table rows) with ``caption``, ``pid``, ``top10_indices`` (gallery indices, best first),
+        queries: dicts (or table rows) with ``caption``, ``pid`` (``None`` for a free-text query: grey frames,
+            no ground truth), ``top10_indices`` (gallery indices, best first),
             ``top10_scores`` and optionally ``first_hit_rank``.
         load_image: gallery index -> (H, W, 3) image array for display.
         gallery_pids: pid of every gallery image (indexing ``split["image_pids"]``).
@@ -172,11 +175,13 @@ def plot_topk_gallery(queries: Sequence[dict], load_image: ImageLoader, gallery_
     for row, query in zip(axes, queries):
         idx = [int(i) for i in parse_index_list(query["top10_indices"])][:top_k]
         scores = [float(s) for s in parse_index_list(query["top10_scores"])][:top_k]
-        correct = [bool(gallery_pids[i] == query["pid"]) for i in idx]
-        gt_idx = np.flatnonzero(gallery_pids == query["pid"])[:n_gt]
+        pid = query.get("pid")
+        known = pid is not None and not (isinstance(pid, float) and np.isnan(pid))
+        correct = [bool(gallery_pids[i] == pid) if known else None for i in idx]
+        gt_idx = np.flatnonzero(gallery_pids == pid)[:n_gt] if known else []
         plot_query_row(list(row), str(query["caption"]), [load_image(i) for i in idx], scores, correct,
                        [load_image(int(i)) for i in gt_idx], n_gt=n_gt, first_hit_rank=query.get("first_hit_rank"))
-        for ax in row[n_gt + len(idx):]:
+        for ax in list(row[n_gt + len(idx):]) + ([] if known else list(row[:n_gt])):
             ax.set_axis_off()
     if title:
         fig.suptitle(title)

@@ -1,0 +1,262 @@
+"""Glue for the inspection notebooks: a trained run folder -> model, split, gallery features, per-query table.
+
+:func:`load_run` reads ``config.yaml`` and ``checkpoints/<which>.pt`` of a training run folder (written by
+``irra_core.engine.fit``), rebuilds the model, encodes the test gallery and captions once, and keeps the
+per-query table (``queries.csv`` from ``evaluate`` when present, else recomputed with the same exact ranking).
+:class:`InspectRun` is what the plotting functions and the explorers work from; tests build one directly
+from a small model and a synthetic split.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from irra_core.viz import retrieval
+
+
+@dataclass
+class InspectRun:
+    """A trained model with its evaluation split and cached features.
+
+    Attributes:
+        name: label shown in the explorers (e.g. ``irra/best``).
+        model: the model (eval mode), with ``encode_image`` / ``encode_text``.
+        split: ``{"image_pids", "img_paths", "caption_pids", "captions"}`` (gallery = images, queries = captions).
+        img_size: (H, W) the model's input crop.
+        text_length: L, the token length used for free text.
+        gallery_feats: (G, D) image features, computed on first use.
+        query_feats: (Q, D) caption features, computed on first use.
+        queries: the per-query table (``query_index, pid, caption, first_hit_rank, AP, INP, top10_*``).
+    """
+
+    name: str
+    model: torch.nn.Module
+    split: dict
+    img_size: tuple[int, int]
+    text_length: int = 77
+    device: str = "cpu"
+    batch_size: int = 64
+    run_dir: Path | None = None
+    cfg: object = None
+    gallery_feats: torch.Tensor | None = None
+    query_feats: torch.Tensor | None = None
+    queries: pd.DataFrame | None = None
+    _transform: object = field(default=None, repr=False)
+
+    # ---- images -------------------------------------------------------------------------------------
+    def display_image(self, index: int) -> np.ndarray:
+        """Gallery image ``index`` as (H, W, 3) floats in [0, 1], resized to the model's crop."""
+        from PIL import Image
+
+        h, w = self.img_size
+        with Image.open(self.split["img_paths"][index]) as im:
+            return np.asarray(im.convert("RGB").resize((w, h), Image.BILINEAR), dtype=np.float32) / 255.0
+
+    def model_images(self, indices: Sequence[int]) -> torch.Tensor:
+        """Gallery images as the model sees them at test time: (B, 3, H, W)."""
+        from PIL import Image
+
+        if self._transform is None:
+            from irra_core.data import build_transforms
+
+            self._transform = build_transforms(self.img_size, is_train=False)
+        out = []
+        for i in indices:
+            with Image.open(self.split["img_paths"][int(i)]) as im:
+                out.append(self._transform(im.convert("RGB")))
+        return torch.stack(out)
+
+    def caption_ids(self, captions: Sequence[str]) -> torch.Tensor:
+        """Tokenised captions (B, L) with the run's text length."""
+        from irra_core.data import tokenize
+
+        return tokenize(list(captions), context_length=self.text_length)
+
+    # ---- features and rankings ----------------------------------------------------------------------
+    @torch.no_grad()
+    def ensure_features(self) -> None:
+        """Encode the gallery and all captions once (eval mode, batches of ``batch_size``)."""
+        self.model.eval()
+        if self.gallery_feats is None:
+            n = len(self.split["img_paths"])
+            feats = [self.model.encode_image(self.model_images(range(s, min(n, s + self.batch_size))).to(self.device))
+                     for s in range(0, n, self.batch_size)]
+            self.gallery_feats = torch.cat(feats).float().cpu()
+        if self.query_feats is None:
+            caps = self.split["captions"]
+            feats = [self.model.encode_text(self.caption_ids(caps[s:s + self.batch_size]).to(self.device))
+                     for s in range(0, len(caps), self.batch_size)]
+            self.query_feats = torch.cat(feats).float().cpu()
+
+    def query_table(self) -> pd.DataFrame:
+        """The per-query table; recomputed exactly from the features when no ``queries.csv`` was found."""
+        if self.queries is None:
+            self.ensure_features()
+            self.queries = compute_query_table(self.query_feats, self.gallery_feats, self.split)
+        return self.queries
+
+    def rank_text(self, text: str, top_k: int = 10) -> tuple[list[int], list[float]]:
+        """Top-k gallery indices and cosine scores for a free-text query."""
+        self.ensure_features()
+        idx, scores = retrieval.rank_free_text(self.model, text, self.gallery_feats, top_k=top_k,
+                                               context_length=self.text_length, device=self.device)
+        return idx[0].tolist(), scores[0].tolist()
+
+
+def compute_query_table(query_feats: torch.Tensor, gallery_feats: torch.Tensor, split: dict, top_k: int = 10) -> pd.DataFrame:
+    """Per-query table in ``queries.csv``'s format from (Q, D) caption and (G, D) image features (cosine)."""
+    from irra_core.evaluation import rank_per_query
+
+    q = torch.nn.functional.normalize(query_feats.float(), dim=-1)
+    g = torch.nn.functional.normalize(gallery_feats.float(), dim=-1)
+    r = rank_per_query(q_pids=torch.as_tensor(split["caption_pids"]), g_pids=torch.as_tensor(split["image_pids"]),
+                       q_feats=q, g_feats=g, topk=min(top_k, len(g)))
+    return pd.DataFrame({
+        "query_index": range(len(q)), "pid": list(split["caption_pids"]), "caption": list(split["captions"]),
+        "first_hit_rank": r.first_hit_rank.tolist(), "AP": r.ap.tolist(), "INP": r.inp.tolist(),
+        "top10_indices": r.topk_indices.tolist(), "top10_scores": r.topk_scores.tolist(),
+    })
+
+
+def find_queries_csv(run_dir: Path, tag: str) -> Path | None:
+    """``queries.csv`` of a run for a checkpoint tag: ``eval/<tag>*/queries.csv``, then ``queries.csv``."""
+    candidates = sorted((run_dir / "eval").glob(f"{tag}*/queries.csv")) + [run_dir / "queries.csv"]
+    return next((p for p in candidates if p.exists()), None)
+
+
+def load_run(run_dir: str | Path, checkpoint: str = "best", *, split: str = "test", device: str = "cpu",
+             name: str | None = None, dataset=None) -> InspectRun:
+    """Rebuild a trained model from a run folder for inspection.
+
+    Args:
+        run_dir: a training run folder (``config.yaml``, ``checkpoints/<checkpoint>.pt``).
+        checkpoint: ``best`` | ``last`` (or any file stem under ``checkpoints/``).
+        split: ``test`` | ``val``.
+        device: where the model runs.
+        dataset: an already built ``PedesDataset`` (saves re-parsing when loading several runs).
+
+    Raises:
+        FileNotFoundError: the folder, its config or the checkpoint is missing (the message says which
+            notebook writes it).
+    """
+    from irra_core.config import load_config
+    from irra_core.model import build_model
+
+    run_dir = Path(run_dir)
+    cfg_path, ckpt_path = run_dir / "config.yaml", run_dir / "checkpoints" / f"{checkpoint}.pt"
+    for path in (cfg_path, ckpt_path):
+        if not path.exists():
+            raise FileNotFoundError(f"{path} is missing: train this run first (notebooks 10_train_irra / 11_train_php)")
+    cfg = load_config(cfg_path)
+    if dataset is None:
+        from irra_core.data import prepare_dataset
+
+        dataset = prepare_dataset(cfg)
+    model = build_model(cfg, dataset.num_classes)
+    state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    if isinstance(state, dict) and "model" in state:
+        state = state["model"]
+    model.load_state_dict(state)
+    model.to(device).eval()
+    queries_csv = find_queries_csv(run_dir, checkpoint)
+    return InspectRun(name=name or f"{run_dir.name}/{checkpoint}", model=model, split=getattr(dataset, split),
+                      img_size=tuple(cfg.data.img_size), text_length=cfg.data.text_length, device=device,
+                      batch_size=cfg.data.test_batch_size, run_dir=run_dir, cfg=cfg,
+                      queries=retrieval.read_queries(queries_csv) if queries_csv else None)
+
+
+def decode_tokens(ids: torch.Tensor) -> list[str]:
+    """Readable tokens of one tokenised caption (L,) up to and including EOT (BPE word ends become plain words)."""
+    from irra_core.data.tokenizer import get_tokenizer
+
+    tok = get_tokenizer()
+    out = []
+    for i in ids.tolist():
+        if i == 0 and out:
+            break
+        word = tok.decoder[int(i)].replace("</w>", "")
+        out.append(word)
+        if word == "<|endoftext|>":
+            break
+    return out
+
+
+@torch.no_grad()
+def capture_image(run: InspectRun, indices: Sequence[int], *, routing: bool = False):
+    """Encode gallery images inside the capture context managers.
+
+    Returns:
+        ``(att, rt)``: the ``capture_attention`` recorder (``maps``, ``meta``) and, with ``routing=True``, the
+        ``capture_routing`` recorder (``records``), else ``None``.
+    """
+    from irra_core.model.capture import capture_attention, capture_routing
+
+    images = run.model_images(indices).to(run.device)
+    run.model.eval()
+    if routing:
+        with capture_attention(run.model) as att, capture_routing(run.model) as rt:
+            run.model.encode_image(images)
+        return att, rt
+    with capture_attention(run.model) as att:
+        run.model.encode_image(images)
+    return att, None
+
+
+@torch.no_grad()
+def capture_text(run: InspectRun, captions: Sequence[str], *, routing: bool = False):
+    """Encode captions inside the capture context managers; returns ``(att, rt, ids (B, L))``."""
+    from irra_core.model.capture import capture_attention, capture_routing
+
+    ids = run.caption_ids(captions).to(run.device)
+    run.model.eval()
+    if routing:
+        with capture_attention(run.model) as att, capture_routing(run.model) as rt:
+            run.model.encode_text(ids)
+        return att, rt, ids.cpu()
+    with capture_attention(run.model) as att:
+        run.model.encode_text(ids)
+    return att, None, ids.cpu()
+
+
+def _layer_records(records, modality: str, layer: int) -> dict:
+    found = [r for r in records if r["modality"] == modality and int(r["layer"]) == layer]
+    if not found:
+        layers = sorted({int(r["layer"]) for r in records if r["modality"] == modality})
+        raise ValueError(f"no {modality} routing record for EFP layer {layer} (layers captured: {layers})")
+    return found[0]
+
+
+def image_expert_map(run: InspectRun, index: int, layer: int = 0):
+    """Per-patch expert of gallery image ``index`` at EFP ``layer``, read through the CRFM weights.
+
+    Returns:
+        ``(expert (P,), share (P,), grid (gh, gw), num_experts)``; see :func:`irra_core.viz.routing.token_expert_map`.
+    """
+    from irra_core.viz.routing import token_expert_map
+
+    att, rt = capture_image(run, [index], routing=True)
+    rec = _layer_records(rt.records, "image", layer)
+    num_experts = rec["gate_logits"].shape[-1]
+    expert, share = token_expert_map(rec["topk"][0], att.maps["crfm_image"][0][0], num_experts)
+    return expert, share, tuple(att.meta["grid"]), num_experts
+
+
+def caption_expert_map(run: InspectRun, caption: str, layer: int = 0):
+    """Per-word expert of a caption at EFP ``layer`` through the CRFM text weights.
+
+    Returns:
+        ``(words, expert (L',), share (L',), num_experts)`` over the tokens up to EOT (SOT/EOT included).
+    """
+    from irra_core.viz.routing import token_expert_map
+
+    att, rt, ids = capture_text(run, [caption], routing=True)
+    rec = _layer_records(rt.records, "text", layer)
+    num_experts = rec["gate_logits"].shape[-1]
+    words = decode_tokens(ids[0])
+    expert, share = token_expert_map(rec["topk"][0], att.maps["crfm_text"][0][0][:, :len(words)], num_experts)
+    return words, expert, share, num_experts
