@@ -260,3 +260,96 @@ def caption_expert_map(run: InspectRun, caption: str, layer: int = 0):
     words = decode_tokens(ids[0])
     expert, share = token_expert_map(rec["topk"][0], att.maps["crfm_text"][0][0][:, :len(words)], num_experts)
     return words, expert, share, num_experts
+
+
+@torch.no_grad()
+def capture_cross(run: InspectRun, index: int, caption: str):
+    """IRRA's relation-reasoning branch on one (caption, image) pair, recorded.
+
+    The MLM branch is not part of ``encode_*``: the caption's token features (B, L, D) attend over the image's
+    (B, 1 + P, D) in ``cross_former``, as in training but with the unmasked caption.
+
+    Returns:
+        ``(cross (L, P), words, grid)``: head-averaged text-token -> patch attention (CLS key dropped,
+        renormalised), the decoded tokens up to EOT, and the patch grid.
+
+    Raises:
+        ValueError: the model has no MLM branch (``mlm`` not in ``cfg.loss.names``).
+    """
+    from irra_core.model.capture import capture_attention
+    from irra_core.viz.attention import text_to_patch
+
+    model = run.model
+    if not hasattr(model, "cross_former") or not hasattr(model, "cross_attn"):
+        raise ValueError(f"{run.name}: the model has no relation-reasoning (MLM) branch; train it with 'mlm' "
+                         f"in loss.names (the IRRA presets do)")
+    model.eval()
+    images = run.model_images([index]).to(run.device)
+    ids = run.caption_ids([caption]).to(run.device)
+    with capture_attention(model) as att:
+        text_tokens = model.base_model.encode_text(ids)
+        image_tokens = model.base_model.encode_image(images)
+        model.cross_former(text_tokens, image_tokens)
+    words = decode_tokens(ids[0].cpu())
+    cross = text_to_patch(att.maps["cross"][0])[0, :len(words)]
+    return cross, words, tuple(att.meta["grid"])
+
+
+def first_gallery_image(run: InspectRun, query_index: int) -> int:
+    """Gallery index of the first image of the query's identity (its ground truth)."""
+    pid = run.split["caption_pids"][query_index]
+    for i, p in enumerate(run.split["image_pids"]):
+        if p == pid:
+            return i
+    raise ValueError(f"query {query_index} (pid {pid}) has no image in the gallery")
+
+
+@torch.no_grad()
+def collect_routing(run: InspectRun, limit: int | None = None) -> list[dict]:
+    """EFP routing records of the split's gallery images and captions, batch by batch (eval mode).
+
+    Only ``capture_routing`` is entered (no attention maps are kept), so a whole split fits in memory.
+    Image and text passes are separate records, so their statistics never mix (SPEC §2.9).
+
+    Args:
+        limit: at most this many images and this many captions (``None`` = all).
+    """
+    from irra_core.model.capture import capture_routing
+
+    run.model.eval()
+    n_img = len(run.split["img_paths"]) if limit is None else min(limit, len(run.split["img_paths"]))
+    caps = run.split["captions"][: (len(run.split["captions"]) if limit is None else limit)]
+    with capture_routing(run.model) as rt:
+        for s in range(0, n_img, run.batch_size):
+            run.model.encode_image(run.model_images(range(s, min(n_img, s + run.batch_size))).to(run.device))
+        for s in range(0, len(caps), run.batch_size):
+            run.model.encode_text(run.caption_ids(caps[s:s + run.batch_size]).to(run.device))
+    if not rt.records:
+        raise ValueError(f"{run.name}: no routing recorded; only PHP models (model.arch = 'php') have EFP experts")
+    return rt.records
+
+
+def load_runs(run_dir: str | Path, checkpoint: str = "best", *, device: str = "cpu",
+              models: Sequence[str] = ("irra", "php")) -> dict[str, InspectRun]:
+    """Load the trained models of a workbook run (``<run_dir>/irra``, ``<run_dir>/php``) that exist.
+
+    Missing ones are reported by name; none at all is an error naming the notebooks that train them.
+    """
+    run_dir = Path(run_dir)
+    found = {m: run_dir / m for m in models if (run_dir / m / "config.yaml").exists()}
+    missing = [m for m in models if m not in found]
+    if not found:
+        raise FileNotFoundError(f"no trained model under {run_dir} (looked for {list(models)}): run notebooks "
+                                f"10_train_irra / 11_train_php with RUN_NAME={run_dir.name!r} first")
+    if missing:
+        print(f"not trained in {run_dir.name}: {missing} (their figures are left out)")
+    return {name: load_run(folder, checkpoint, device=device, name=f"{name}/{checkpoint}")
+            for name, folder in found.items()}
+
+
+def save_figure(fig, path: str | Path, dpi: int = 110) -> Path:
+    """Write a figure as PNG atomically (a killed kernel never leaves a truncated image)."""
+    from irra_core.io_utils import atomic_write
+
+    return atomic_write(path, lambda handle: fig.savefig(handle, format="png", dpi=dpi, bbox_inches="tight"),
+                        binary=True)
