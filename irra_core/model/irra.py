@@ -1,0 +1,187 @@
+"""IRRA's model (CLIP + ID classifier + implicit relation reasoning), and PHP as IRRA plus CRFM/EFP.
+
+Written anew from SPEC §1.9 and §2.6. Attribute names are IRRA's and PHP's (``base_model``,
+``classifier``, ``cross_attn``, ``cross_modal_transformer``, ``ln_pre_t``, ``ln_pre_i``, ``ln_post``,
+``mlm_head.{dense,gelu,ln,fc}``, ``safl``, ``shared_transformer``), so their checkpoints load directly.
+
+Global features: image = CLS token, text = token at ``argmax(ids)`` (EOT); PHP adds the mean over the cnum
+EFP outputs of the tower's CRFM tokens. ``forward(batch)`` returns IRRA's loss keys, already weighted by
+``cfg.loss.*_weight`` (the release's hard-coded ITC x5 / MLM x0.5 are configuration values here).
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+from torch import nn
+
+from irra_core import losses
+from irra_core.config import Config
+from irra_core.model.clip import CLIP, Attention, CLIPConfig, LayerNorm, QuickGELU, Transformer, init_transformer_like_clip
+from irra_core.model.php import CRFM, EFP, LayerRouting
+
+__all__ = ["IRRA", "text_global_index"]
+
+
+def text_global_index(caption_ids: torch.Tensor) -> torch.Tensor:
+    """(B,) position of the EOT token of each caption: ``argmax(ids)`` (EOT 49407 is the largest id)."""
+    return caption_ids.argmax(dim=-1)
+
+
+class IRRA(nn.Module):
+    """IRRA (``arch="irra"``) or PHP (``arch="php"``), heads chosen by ``cfg.loss.names``.
+
+    Args:
+        cfg: the run configuration (``cfg.model``: architecture and switches; ``cfg.loss``: names, weights).
+        clip_config: tower sizes (from ``cfg.model`` or inferred from a state dict).
+        num_classes: identities of the training split (the ID classifier's outputs; unused without ``id``).
+    """
+
+    def __init__(self, cfg: Config, clip_config: CLIPConfig, num_classes: int) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.arch = cfg.model.arch
+        self.loss_names = cfg.loss_names()
+        self.logit_scale = 1.0 / cfg.model.temperature  # a constant, as in IRRA (CLIP's learnable one is off)
+        self.base_model = CLIP(clip_config)
+        self.embed_dim = dim = clip_config.embed_dim
+        heads = max(1, dim // 64)  # IRRA: embed_dim // 64 heads for the cross-modal modules
+
+        if "id" in self.loss_names:
+            if num_classes < 1:
+                raise ValueError(f"the 'id' loss needs num_classes >= 1, got {num_classes}")
+            self.classifier = nn.Linear(dim, num_classes)
+            nn.init.normal_(self.classifier.weight, std=0.001)
+            nn.init.zeros_(self.classifier.bias)
+        if "mlm" in self.loss_names:
+            self.cross_attn = Attention(dim, heads)
+            self.cross_modal_transformer = Transformer(dim, cfg.model.cmt_depth, heads)
+            self.ln_pre_t = LayerNorm(dim)
+            self.ln_pre_i = LayerNorm(dim)
+            self.ln_post = LayerNorm(dim)
+            self.mlm_head = nn.Sequential(OrderedDict([
+                ("dense", nn.Linear(dim, dim)), ("gelu", QuickGELU()), ("ln", LayerNorm(dim)),
+                ("fc", nn.Linear(dim, clip_config.vocab_size))]))
+            self._init_cross_modal(dim, cfg.model.cmt_depth)
+        if self.arch == "php":
+            m = cfg.model
+            self.safl = CRFM(dim, m.cnum)
+            self.shared_transformer = EFP(dim, m.moe_layers, m.moe_heads, m.num_experts, m.topk, m.reduction,
+                                          m.adapter_dropout, attention=m.efp_attention, gating=m.moe_gating)
+            self.crfm_attend_padding = m.crfm_attend_padding
+
+    def _init_cross_modal(self, width: int, depth: int) -> None:
+        # IRRA: CLIP's std rule for the cross-modal blocks, the cross attention and the MLM head
+        attn_std = width ** -0.5
+        proj_std = width ** -0.5 * (2 * depth) ** -0.5
+        fc_std = (2 * width) ** -0.5
+        init_transformer_like_clip(self.cross_modal_transformer, width, depth)
+        nn.init.normal_(self.cross_attn.in_proj_weight, std=attn_std)
+        nn.init.normal_(self.cross_attn.out_proj.weight, std=proj_std)
+        nn.init.normal_(self.mlm_head.dense.weight, std=fc_std)
+        nn.init.normal_(self.mlm_head.fc.weight, std=proj_std)
+
+    # ------------------------------------------------------------------ features
+    def image_features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[LayerRouting]]:
+        """images (B, 3, H, W) -> (global (B, D) float32, all tokens (B, 1 + P, D), EFP routing)."""
+        tokens = self.base_model.encode_image(images)
+        feats = tokens[:, 0].float()
+        routing: list[LayerRouting] = []
+        if self.arch == "php":
+            unified = self.safl(tokens[:, 1:], modality="image")
+            efp, routing = self.shared_transformer(unified, "image")
+            feats = feats + efp.float().mean(dim=1)
+        return feats, tokens, routing
+
+    def text_features(self, caption_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[LayerRouting]]:
+        """caption ids (B, L) -> (global (B, D) float32, all tokens (B, L, D), EFP routing)."""
+        tokens = self.base_model.encode_text(caption_ids)
+        eot = text_global_index(caption_ids)
+        feats = tokens[torch.arange(tokens.shape[0], device=tokens.device), eot].float()
+        routing: list[LayerRouting] = []
+        if self.arch == "php":
+            valid = None
+            if not self.crfm_attend_padding:
+                positions = torch.arange(caption_ids.shape[1], device=caption_ids.device)
+                valid = positions[None, :] <= eot[:, None]  # the caption up to and including EOT
+            unified = self.safl(tokens, valid, modality="text")
+            efp, routing = self.shared_transformer(unified, "text")
+            feats = feats + efp.float().mean(dim=1)
+        return feats, tokens, routing
+
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        """images (B, 3, H, W) -> (B, D) float32, not normalised."""
+        return self.image_features(images)[0]
+
+    def encode_text(self, caption_ids: torch.Tensor) -> torch.Tensor:
+        """caption ids (B, L) -> (B, D) float32, not normalised."""
+        return self.text_features(caption_ids)[0]
+
+    def cross_former(self, text_tokens: torch.Tensor, image_tokens: torch.Tensor) -> torch.Tensor:
+        """IRRA's implicit relation reasoning: text (B, L, D) attends over image (B, N, D) -> (B, L, D)."""
+        x = self.cross_attn(self.ln_pre_t(text_tokens), self.ln_pre_i(image_tokens))
+        return self.ln_post(self.cross_modal_transformer(x))
+
+    # ------------------------------------------------------------------ training objective
+    def forward(self, batch: dict) -> dict:
+        """Weighted losses and metrics of one batch.
+
+        Args:
+            batch: ``images`` (B, 3, H, W), ``caption_ids`` (B, L), ``pids`` (B,), and for ``mlm``
+                ``mlm_ids`` (B, L) and ``mlm_labels`` (B, L) (original id at masked positions, 0 elsewhere).
+
+        Returns:
+            ``{name}_loss`` for each name in ``cfg.loss.names`` (scalars, weighted), ``temperature``,
+            ``img_acc``/``txt_acc`` (with ``id``), ``mlm_acc`` (with ``mlm``), and for PHP ``routing``:
+            ``{"image": [...], "text": [...]}``, one ``{"counts": (E,) int64, "aux": scalar}`` per EFP layer
+            (detached).
+        """
+        w = self.cfg.loss
+        images, caption_ids = batch["images"], batch["caption_ids"]
+        image_feats, image_tokens, image_routing = self.image_features(images)
+        text_feats, _, text_routing = self.text_features(caption_ids)
+        scale = self.logit_scale
+        ret: dict = {"temperature": torch.tensor(1.0 / scale, dtype=torch.float32, device=image_feats.device)}
+        names = self.loss_names
+        if "itc" in names:
+            ret["itc_loss"] = losses.compute_itc(image_feats, text_feats, scale) * w.itc_weight
+        if "sdm" in names:
+            ret["sdm_loss"] = losses.compute_sdm(image_feats, text_feats, batch["pids"], scale) * w.sdm_weight
+        if "cmpm" in names:
+            ret["cmpm_loss"] = losses.compute_cmpm(image_feats, text_feats, batch["pids"]) * w.cmpm_weight
+        if "id" in names:
+            ret.update(self._id_terms(image_feats, text_feats, batch["pids"]))
+        if "mlm" in names:
+            ret.update(self._mlm_terms(batch["mlm_ids"], batch["mlm_labels"], image_tokens))
+        if self.arch == "php":
+            if "aux" in names:
+                aux = sum(r.aux for r in image_routing) + sum(r.aux for r in text_routing)
+                ret["aux_loss"] = aux * w.aux_weight
+            experts = self.shared_transformer.num_experts
+            ret["routing"] = {
+                modality: [{"counts": r.counts(experts).detach(), "aux": r.aux.detach()} for r in routing]
+                for modality, routing in (("image", image_routing), ("text", text_routing))}
+        return ret
+
+    def _id_terms(self, image_feats: torch.Tensor, text_feats: torch.Tensor, pids: torch.Tensor) -> dict:
+        weight = self.classifier.weight
+        # under legacy_fp16 the classifier is fp16 and IRRA feeds it fp16 features (.half())
+        image_logits = self.classifier(image_feats.to(weight.dtype)).float()
+        text_logits = self.classifier(text_feats.to(weight.dtype)).float()
+        return {
+            "id_loss": losses.compute_id(image_logits, text_logits, pids) * self.cfg.loss.id_weight,
+            "img_acc": (image_logits.argmax(dim=1) == pids).float().mean(),
+            "txt_acc": (text_logits.argmax(dim=1) == pids).float().mean(),
+        }
+
+    def _mlm_terms(self, mlm_ids: torch.Tensor, mlm_labels: torch.Tensor, image_tokens: torch.Tensor) -> dict:
+        text_tokens = self.base_model.encode_text(mlm_ids)
+        hidden = self.cross_former(text_tokens, image_tokens)
+        masked = mlm_labels != losses.MLM_IGNORE_INDEX
+        # the 49,408-way head only at masked positions: same loss as IRRA's full (B*L, V) scores
+        scores = self.mlm_head(hidden[masked]).float()
+        labels = mlm_labels[masked]
+        return {
+            "mlm_loss": losses.compute_mlm(scores, labels) * self.cfg.loss.mlm_weight,
+            "mlm_acc": (scores.argmax(dim=1) == labels).float().mean(),
+        }

@@ -1,0 +1,238 @@
+"""PHP's additions to IRRA: CRFM (unified tokens) and EFP (transformer blocks with a mixture of adapters).
+
+Written anew from SPEC §2.4-§2.5 and §2.11-§2.12. Module and parameter names follow PHP's checkpoints
+(``safl.*``, ``shared_transformer.resblocks.N.{attn,ln_1,ln_2,ln_3,mlp,comb_param,feed_forward.*}``) so
+they load directly and the optimiser's name rules (``shared_transformer``, ``feed_forward.experts`` ...)
+apply unchanged. Correct by default, with the release's behaviour behind named switches:
+
+* ``crfm_attend_padding`` - the release pools text tokens over all L positions, padding included;
+  by default the pooling is restricted to the caption (positions up to EOT).
+* ``efp_attention`` - ``"tokens"`` (default): each sample's cnum tokens attend to each other;
+  ``"batch"``: the release's sequence-first ``nn.MultiheadAttention`` fed batch-first tensors, i.e. the B
+  samples of a batch attend to each other (a test-set leak, SPEC §2.11).
+* ``moe_gating`` - ``"modality"`` (default): separate task gates for image and text, as the paper
+  describes; ``"shared"``: the release's single gate for both towers.
+
+Routing is returned per call (:class:`LayerRouting`) and never accumulated in buffers: PHP's
+``expert_count_accum`` counters leak between passes and into checkpoints (SPEC §2.9).
+"""
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from irra_core.losses import moe_aux_loss
+from irra_core.model.clip import Attention, LayerNorm, QuickGELU
+
+__all__ = ["CRFM", "Adapter", "MoEAdapters", "EFPBlock", "EFP", "LayerRouting", "MODALITIES"]
+
+MODALITIES = ("image", "text")
+
+
+class CRFM(nn.Module):
+    """Cross-modal unified tokens (PHP's ``SAFL``): cnum learned queries pool the tokens of one tower.
+
+    A = softmax over tokens of U X^T (no 1/sqrt(d) inside the softmax, as released), Z = A X / sqrt(D),
+    out = feed(Z) with feed = LayerNorm -> Linear(D, 4D) -> GELU -> Dropout -> Linear(4D, D), no residual.
+    One module serves both towers.
+    """
+
+    def __init__(self, dim: int, cnum: int, dropout: float = 0.3) -> None:
+        super().__init__()
+        self.dim, self.cnum = dim, cnum
+        self.part_tokens = nn.Parameter(torch.empty(cnum, dim))
+        nn.init.kaiming_normal_(self.part_tokens)
+        self.feed = nn.Sequential(LayerNorm(dim), nn.Linear(dim, 4 * dim), nn.GELU(), nn.Dropout(dropout),
+                                  nn.Linear(4 * dim, dim))
+        #: set by :func:`irra_core.model.capture.capture_attention`: called with (modality, A (B, cnum, N))
+        self.recorder: Callable[[str, torch.Tensor], None] | None = None
+
+    def forward(self, tokens: torch.Tensor, valid: torch.Tensor | None = None, *,
+                modality: str = "image") -> torch.Tensor:
+        """Pool tokens (B, N, D) into (B, cnum, D); ``valid`` (B, N) bool excludes positions (text padding)."""
+        logits = torch.einsum("cd,bnd->bcn", self.part_tokens.to(tokens.dtype), tokens).float()
+        if valid is not None:
+            logits = logits.masked_fill(~valid[:, None, :], float("-inf"))
+        weights = logits.softmax(dim=-1)
+        if self.recorder is not None:
+            self.recorder(modality, weights)
+        pooled = (weights.to(tokens.dtype) @ tokens) / math.sqrt(self.dim)
+        return self.feed(pooled)
+
+
+class Adapter(nn.Module):
+    """One expert: z + Dropout(up(Dropout(GELU(down(norm(z)))))), a bottleneck D -> D/r -> D.
+
+    :class:`MoEAdapters` evaluates all experts at once from their stacked parameters; this forward is the
+    readable per-expert definition (used by tests to check the vectorised path).
+    """
+
+    def __init__(self, dim: int, bottleneck: int, dropout: float) -> None:
+        super().__init__()
+        self.norm = LayerNorm(dim)
+        self.down = nn.Linear(dim, bottleneck)
+        self.up = nn.Linear(bottleneck, dim)
+        self.dropout = nn.Dropout(dropout)
+        # PHP (build.py) starts every expert as the identity: kaiming-uniform(a=sqrt 5) down, zero bias, zero up
+        nn.init.kaiming_uniform_(self.down.weight, a=math.sqrt(5))
+        nn.init.zeros_(self.down.bias)
+        nn.init.zeros_(self.up.weight)
+        nn.init.zeros_(self.up.bias)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        """z (..., D) -> (..., D)."""
+        return z + self.dropout(self.up(self.dropout(F.gelu(self.down(self.norm(z))))))
+
+
+@dataclass
+class LayerRouting:
+    """Routing of one EFP layer for one pass (all tensors batch-first; T = cnum tokens per sample).
+
+    gate_logits (B, T, E), topk (B, T, k) expert ids in descending logit order, weights (B, T, k)
+    (softmax over the k selected logits), aux: the layer's load-balancing term (scalar, differentiable).
+    """
+
+    modality: str
+    layer: int
+    gate_logits: torch.Tensor
+    topk: torch.Tensor
+    weights: torch.Tensor
+    aux: torch.Tensor
+
+    def counts(self, num_experts: int) -> torch.Tensor:
+        """(E,) int64: how often each expert was among a token's top-k in this pass."""
+        return torch.bincount(self.topk.reshape(-1), minlength=num_experts)
+
+
+class MoEAdapters(nn.Module):
+    """PHP's ``MoeLayer``: a top-k mixture of :class:`Adapter` experts with an input gate and a task gate.
+
+    gate = (1 - alpha) input_gate(z) + alpha task_gate(c), c = the block's ``comb_param``; top-k over E
+    (sorted), routing weights = softmax over the k selected logits, y = sum_k w_k expert_k(z).
+    With ``modality_gates`` the text tower uses its own ``task_gate_text`` (the name keeps the
+    ``feed_forward.task_gate`` lr rule).
+
+    Dispatch is dense and vectorised: every expert is evaluated on every token from stacked parameters
+    (two einsums), then combined with a (tokens, E) weight matrix that is zero outside the top-k. The
+    adapters are tiny (D -> D/r -> D), so this costs E/k times the sparse FLOPs of the experts but no
+    gather/scatter and no Python loop over tokens or experts.
+    """
+
+    def __init__(self, dim: int, num_experts: int, topk: int, reduction: int, dropout: float,
+                 modality_gates: bool, layer_index: int = 0) -> None:
+        super().__init__()
+        if not 1 <= topk <= num_experts:
+            raise ValueError(f"topk must be in [1, num_experts={num_experts}], got {topk}")
+        if dim % reduction:
+            raise ValueError(f"width {dim} is not divisible by the adapter reduction {reduction}")
+        self.num_experts, self.topk, self.layer_index = num_experts, topk, layer_index
+        self.alpha = nn.Parameter(torch.tensor(0.5))
+        self.input_gate = nn.Linear(dim, num_experts, bias=False)
+        self.task_gate = nn.Linear(dim, num_experts, bias=False)
+        self.task_gate_text = nn.Linear(dim, num_experts, bias=False) if modality_gates else None
+        self.experts = nn.ModuleList([Adapter(dim, dim // reduction, dropout) for _ in range(num_experts)])
+        #: set by :func:`irra_core.model.capture.capture_routing`; receives each :class:`LayerRouting`
+        self.recorder: Callable[[LayerRouting], None] | None = None
+
+    def gate_logits(self, z: torch.Tensor, task_param: torch.Tensor, modality: str) -> torch.Tensor:
+        """Router logits (B, T, E) for tokens z (B, T, D) and the block's task vector (D,)."""
+        task_gate = self.task_gate_text if (modality == "text" and self.task_gate_text is not None) else self.task_gate
+        task = F.linear(task_param.to(task_gate.weight.dtype), task_gate.weight)  # (E,), one bias per layer
+        alpha = self.alpha.to(z.dtype)
+        return (1 - alpha) * self.input_gate(z) + alpha * task.to(z.dtype)
+
+    def forward(self, z: torch.Tensor, task_param: torch.Tensor, modality: str) -> tuple[torch.Tensor, LayerRouting]:
+        """z (B, T, D) -> (y (B, T, D), routing)."""
+        logits = self.gate_logits(z, task_param, modality)
+        top_logits, top_idx = logits.topk(self.topk, dim=-1, sorted=True)
+        weights = top_logits.float().softmax(dim=-1)
+        aux = moe_aux_loss(logits, top_idx, self.num_experts)
+        dense = torch.zeros(*logits.shape, dtype=weights.dtype, device=z.device).scatter(-1, top_idx, weights)
+        y = z + torch.einsum("bte,ebtd->btd", dense.to(z.dtype), self._expert_updates(z))
+        routing = LayerRouting(modality, self.layer_index, logits, top_idx, weights, aux)
+        if self.recorder is not None:
+            self.recorder(routing)
+        return y, routing
+
+    def _expert_updates(self, z: torch.Tensor) -> torch.Tensor:
+        """(E, B, T, D): up(GELU(down(norm_e(z)))) of every expert (without the residual z)."""
+        experts = self.experts
+        dtype = z.dtype
+        first = experts[0].norm
+        # the normalisation is shared; each expert applies its own affine (LayerNorm in fp32, like CLIP's)
+        normed = F.layer_norm(z.float(), first.normalized_shape, eps=first.eps)
+        scale = torch.stack([e.norm.weight for e in experts]).float()[:, None, None, :]
+        shift = torch.stack([e.norm.bias for e in experts]).float()[:, None, None, :]
+        h = (normed[None] * scale + shift).to(dtype)
+        down_w = torch.stack([e.down.weight for e in experts]).to(dtype)  # (E, r, D)
+        down_b = torch.stack([e.down.bias for e in experts]).to(dtype)  # (E, r)
+        up_w = torch.stack([e.up.weight for e in experts]).to(dtype)  # (E, D, r)
+        up_b = torch.stack([e.up.bias for e in experts]).to(dtype)  # (E, D)
+        h = torch.einsum("ebtd,erd->ebtr", h, down_w) + down_b[:, None, None, :]
+        h = experts[0].dropout(F.gelu(h))
+        h = torch.einsum("ebtr,edr->ebtd", h, up_w) + up_b[:, None, None, :]
+        return experts[0].dropout(h)
+
+
+class EFPBlock(nn.Module):
+    """PHP's ``MOEResidualAttentionBlock``: attention, then a dense MLP and the MoE branch in parallel.
+
+    x = x + attn(ln_1(x)); y = MoE(ln_3(x), comb_param); x = x + mlp(ln_2(x)) + y. PyTorch default
+    initialisation for attention and MLP, ``comb_param`` N(0, 1), as released.
+    """
+
+    def __init__(self, width: int, heads: int, num_experts: int, topk: int, reduction: int, dropout: float,
+                 modality_gates: bool, layer_index: int) -> None:
+        super().__init__()
+        self.attn = Attention(width, heads)
+        self.ln_1 = LayerNorm(width)
+        self.mlp = nn.Sequential(OrderedDict([
+            ("c_fc", nn.Linear(width, width * 4)), ("gelu", QuickGELU()), ("c_proj", nn.Linear(width * 4, width))]))
+        self.ln_2 = LayerNorm(width)
+        self.ln_3 = LayerNorm(width)
+        self.comb_param = nn.Parameter(torch.randn(width))
+        self.feed_forward = MoEAdapters(width, num_experts, topk, reduction, dropout, modality_gates, layer_index)
+
+    def forward(self, x: torch.Tensor, modality: str, batch_axis_attention: bool) -> tuple[torch.Tensor, LayerRouting]:
+        """x (B, T, D) -> (B, T, D), routing. ``batch_axis_attention`` reproduces the release's leak."""
+        h = self.ln_1(x)
+        if batch_axis_attention:
+            # the release's MultiheadAttention is sequence-first: (B, T, D) is read as sequence B, batch T
+            x = x + self.attn(h.transpose(0, 1)).transpose(0, 1)
+        else:
+            x = x + self.attn(h)
+        y, routing = self.feed_forward(self.ln_3(x), self.comb_param, modality)
+        return x + self.mlp(self.ln_2(x)) + y, routing
+
+
+class EFP(nn.Module):
+    """PHP's ``MOETransformer`` (``shared_transformer``): a stack of :class:`EFPBlock` shared by both towers."""
+
+    def __init__(self, width: int, layers: int, heads: int, num_experts: int, topk: int, reduction: int,
+                 dropout: float = 0.1, *, attention: str = "tokens", gating: str = "modality") -> None:
+        super().__init__()
+        if attention not in ("tokens", "batch"):
+            raise ValueError(f"efp_attention must be 'tokens' or 'batch', got {attention!r}")
+        if gating not in ("modality", "shared"):
+            raise ValueError(f"moe_gating must be 'modality' or 'shared', got {gating!r}")
+        self.attention, self.gating = attention, gating
+        self.num_experts = num_experts
+        self.resblocks = nn.ModuleList([
+            EFPBlock(width, heads, num_experts, topk, reduction, dropout, gating == "modality", i)
+            for i in range(layers)])
+
+    def forward(self, x: torch.Tensor, modality: str) -> tuple[torch.Tensor, list[LayerRouting]]:
+        """x (B, T, D) unified tokens of one tower -> (B, T, D) and one :class:`LayerRouting` per layer."""
+        if modality not in MODALITIES:
+            raise ValueError(f"modality must be one of {MODALITIES}, got {modality!r}")
+        routing = []
+        for block in self.resblocks:
+            x, layer = block(x, modality, self.attention == "batch")
+            routing.append(layer)
+        return x, routing
