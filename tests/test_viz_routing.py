@@ -96,3 +96,13 @@ def test_drift_from_log_both_formats():
     assert len(fig.axes) == 2 and len(fig.axes[0].lines) == 5  # 4 experts + balanced line
     with pytest.raises(ValueError, match="log.jsonl"):
         RT.plot_routing_drift(RT.drift_from_log([{"epoch": 1}]))
+
+
+def test_aux_over_training():
+    lines = [{"epoch": e, "routing": {"image": [{"counts": [1, 1, 1, 1], "aux": 0.5 + 0.1 / e}] * 2}} for e in (1, 2, 3)]
+    fig = RT.plot_aux_over_training(RT.drift_from_log(lines), floor=0.5)
+    ax = fig.axes[0]
+    assert len(ax.lines) == 3  # two layers + floor
+    assert list(ax.lines[0].get_ydata()) == pytest.approx([0.6, 0.55, 0.5 + 0.1 / 3])
+    with pytest.raises(ValueError, match="aux"):
+        RT.plot_aux_over_training(RT.drift_from_log([{"epoch": 1, "routing": {"image": [[1, 2]]}}]), 0.5)

@@ -332,3 +332,26 @@ def drift_from_log(records: Iterable[dict]) -> pd.DataFrame:
                              "fraction": n / total if total > 0 else float("nan"),
                              "aux": float(aux) if aux is not None else float("nan")})
     return pd.DataFrame(rows, columns=["epoch", "modality", "layer", "expert", "count", "fraction", "aux"])
+
+
+def plot_aux_over_training(drift: pd.DataFrame, floor: float, *, ax=None) -> Figure:
+    """Training-time aux term per epoch for each (modality, layer), with its floor k/E (dashed).
+
+    Args:
+        drift: :func:`drift_from_log` output (its ``aux`` column: the epoch's mean per-layer aux).
+        floor: k/E.
+    """
+    fig, ax = _axes(ax, (5, 3))
+    per = drift.dropna(subset=["aux"]).drop_duplicates(["epoch", "modality", "layer"])
+    if per.empty:
+        raise ValueError("log.jsonl has no per-layer aux values in its 'routing' entries")
+    for (modality, layer), g in per.groupby(["modality", "layer"]):
+        g = g.sort_values("epoch")
+        ax.plot(g["epoch"], g["aux"], marker=".", color=MODALITY_COLORS.get(modality),
+                ls="-" if layer % 2 == 0 else ":", label=f"{modality} L{layer}")
+    ax.axhline(floor, color="black", ls="--", lw=1, label=f"floor k/E = {floor:.3f}")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("aux (per layer, mean over steps)")
+    ax.set_title("load-balancing loss over training")
+    ax.legend(fontsize=6, ncol=2)
+    return fig
