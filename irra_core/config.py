@@ -395,16 +395,19 @@ def config_from_reference_args(args: Mapping[str, Any], *, base: str | None = No
     """Map an IRRA/PHP option namespace (``configs.yaml`` or parsed CLI) onto a :class:`Config`.
 
     The architecture follows the options: PHP options (``cnum`` ...) or an ``aux`` loss select
-    ``arch="php"`` and PHP's released loss weights (ITC x5, MLM x0.5). Unknown option names are
-    errors.
+    ``arch="php"``; without a ``base`` preset also PHP's released loss weights (ITC x5, MLM x0.5) and
+    switches (shared gate, CRFM over padding), while a ``base`` preset keeps its own (correct) switches.
+    Unknown option names are errors.
     """
     args = dict(args)
     is_php = "cnum" in args or "aux" in str(args.get("loss_names", ""))
     cfg = load_config(base) if base else Config()
     overrides: dict[str, Any] = {}
     if is_php:
-        overrides.update({"model.arch": "php", "loss.itc_weight": 5.0, "loss.mlm_weight": 0.5,
-                          "model.moe_gating": "shared", "model.crfm_attend_padding": True})
+        overrides["model.arch"] = "php"
+        if not base:  # a reference configs.yaml: the release's behaviour; with a base preset, the preset's
+            overrides.update({"loss.itc_weight": 5.0, "loss.mlm_weight": 0.5,
+                              "model.moe_gating": "shared", "model.crfm_attend_padding": True})
     for option, value in args.items():
         if option not in REFERENCE_OPTION_MAP:
             raise ConfigError(f"unknown IRRA/PHP option {option!r}; known options: {sorted(REFERENCE_OPTION_MAP)}")
