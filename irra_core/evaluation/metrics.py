@@ -1,0 +1,337 @@
+"""Exact retrieval metrics (CMC / R@k, mAP, mINP) with IRRA's definitions, in bounded memory.
+
+IRRA (``utils/metrics.py:rank``) argsorts the whole Q x G similarity matrix and walks it with Python
+loops; at ICFG-PEDES size (19,848^2) that is a 3.2 GB index tensor plus several GB of temporaries.
+Here every metric is computed from the *rank of each positive* alone:
+
+* For query ``q`` with positive gallery items ``P_q``, the 0-based rank of positive ``j`` is
+  ``#{k : s_k > s_j} + #{k < j : s_k == s_j}`` (ties: the lower gallery index ranks first, exactly what
+  a *stable* descending sort gives; IRRA's unstable argsort leaves it implementation-defined).
+* With the positives' ranks ``r_1 < ... < r_n`` (1-based): ``AP = mean_i i / r_i``,
+  ``INP = n / r_n``, and the query contributes to ``CMC[k]`` iff ``r_1 <= k + 1`` — the same numbers
+  IRRA's cumsum over the argsorted match matrix produces.
+* Only items scoring at least a query's lowest positive can outrank a positive. Per row these are
+  counted in one pass; for rows where they are few (most rows of a trained model) the counting runs
+  on the row's top-K (``torch.topk``) instead of all G items. Counting is one sign-sum pass per
+  positive over a cache-sized chunk. Rows where a positive's score is shared by another item (rare
+  with float features) get the exact index-order tie count by direct comparison.
+
+Queries are processed in chunks, and the similarity rows can be produced on the fly from features,
+so neither the full Q x G matrix nor any Q x G argsort needs to exist.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+METRIC_KEYS = ("R1", "R5", "R10", "mAP", "mINP")
+
+# Bytes of temporaries per similarity element of a chunk (the scores, a row-subset copy, one
+# sign buffer, a mask); sets the default chunk size from a memory budget.
+_BYTES_PER_ELEMENT = 16
+DEFAULT_CHUNK_BUDGET_BYTES = 192 * 2**20
+# Rows whose lowest positive is outscored by at most max(_TOPK_MIN, G / _TOPK_FRACTION) items are
+# ranked within their top-K; beyond that a full pass is cheaper than the top-K selection.
+_TOPK_MIN = 64
+_TOPK_FRACTION = 16
+
+
+@dataclass
+class PerQueryRanks:
+    """Per-query results of the exact ranking (all tensors on the CPU).
+
+    ``first_hit_rank`` (Q,) int64, 1-based rank of the first correct gallery item;
+    ``ap`` (Q,) float64 average precision in [0, 1]; ``inp`` (Q,) float64 inverse negative penalty;
+    ``num_positives`` (Q,) int64; ``topk_indices`` (Q, k) int64 / ``topk_scores`` (Q, k) float32 the
+    best gallery items in the stable order (only when requested, else ``None``).
+    """
+
+    first_hit_rank: torch.Tensor
+    ap: torch.Tensor
+    inp: torch.Tensor
+    num_positives: torch.Tensor
+    topk_indices: Optional[torch.Tensor] = None
+    topk_scores: Optional[torch.Tensor] = None
+
+
+def default_chunk_size(num_gallery: int, budget_bytes: int = DEFAULT_CHUNK_BUDGET_BYTES) -> int:
+    """Queries per chunk so that a chunk's temporaries stay within ``budget_bytes``."""
+    return max(1, min(4096, budget_bytes // max(1, _BYTES_PER_ELEMENT * num_gallery)))
+
+
+def _check_pids(pids: torch.Tensor, name: str) -> torch.Tensor:
+    pids = torch.as_tensor(pids)
+    if pids.dim() != 1:
+        raise ValueError(f"{name} must be 1-D (one pid per item), got shape {tuple(pids.shape)}")
+    if pids.dtype.is_floating_point:
+        raise ValueError(f"{name} must hold integer person ids, got dtype {pids.dtype}")
+    return pids.long()
+
+
+def _positive_table(q_pids: torch.Tensor, g_pids: torch.Tensor) -> torch.Tensor:
+    """(Q, n_max) gallery indices of each query's positives, ascending, padded with -1.
+
+    Raises a ValueError when a query has no positive (IRRA fails there with an IndexError).
+    """
+    uniq, g_inv = torch.unique(g_pids, return_inverse=True)
+    counts = torch.bincount(g_inv, minlength=len(uniq))
+    n_max = int(counts.max()) if len(uniq) else 0
+    order = torch.argsort(g_inv, stable=True)  # gallery indices grouped by pid, ascending within a pid
+    starts = torch.cumsum(counts, 0) - counts
+    slot = torch.arange(len(g_pids)) - starts[g_inv[order]]
+    table = torch.full((len(uniq), max(n_max, 1)), -1, dtype=torch.long)
+    table[g_inv[order], slot] = order
+    pos = torch.searchsorted(uniq, q_pids).clamp(max=max(len(uniq) - 1, 0))
+    found = uniq[pos] == q_pids if len(uniq) else torch.zeros_like(q_pids, dtype=torch.bool)
+    if not bool(found.all()):
+        missing = (~found).nonzero().flatten()
+        raise ValueError(
+            f"{len(missing)} of {len(q_pids)} queries have no correct gallery item (first query index "
+            f"{int(missing[0])}, pid {int(q_pids[missing[0]])}); every query needs at least one gallery "
+            "item with its pid - check that queries and gallery come from the same split"
+        )
+    return table[pos]
+
+
+def _stable_topk(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k of each row of ``scores`` (C, G) in the stable descending order (ties: lower index first)."""
+    num_gallery = scores.shape[1]
+    k = min(k, num_gallery)
+    cand = min(num_gallery, 2 * k)
+    values, indices = torch.topk(scores, cand, dim=1)
+    # Re-sort candidates by (score desc, index asc); valid when the k-th score's ties are all inside.
+    by_index = torch.argsort(indices, dim=1)
+    values, indices = values.gather(1, by_index), indices.gather(1, by_index)
+    order = torch.sort(values, dim=1, descending=True, stable=True).indices[:, :k]
+    top_v, top_i = values.gather(1, order), indices.gather(1, order)
+    if cand < num_gallery:
+        kth = top_v[:, -1]
+        unsafe = (values.min(dim=1).values >= kth).nonzero().flatten()
+        for row in unsafe.tolist():  # ties reach past the candidates: exact stable sort of that row
+            full = torch.sort(scores[row], descending=True, stable=True)
+            top_v[row], top_i[row] = full.values[:k], full.indices[:k]
+    return top_v, top_i
+
+
+def _count_above(values: torch.Tensor, thresholds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row and threshold: how many ``values`` are > it and == it.
+
+    ``values`` (C, K) float, ``thresholds`` (C, n) float -> two (C, n) int64 tensors. One pass per
+    threshold over a cache-sized chunk: sign(v - t) summed (exact in float32 below 2^24 items) gives
+    #greater - #less, its absolute values give #greater + #less.
+    """
+    c, k = values.shape
+    greater = torch.empty(thresholds.shape, dtype=torch.int64, device=values.device)
+    equal = torch.empty_like(greater)
+    for m in range(thresholds.shape[1]):
+        sign = (values - thresholds[:, m : m + 1]).sign_()
+        diff = sign.sum(dim=1)
+        unequal = sign.abs_().sum(dim=1)
+        greater[:, m] = ((diff + unequal) / 2).round().long()
+        equal[:, m] = k - unequal.round().long()
+    return greater, equal
+
+
+def _rank_chunk(scores: torch.Tensor, pos_idx: torch.Tensor) -> torch.Tensor:
+    """0-based stable ranks of each query's positives, sorted ascending, padded with G.
+
+    ``scores`` (C, G) float; ``pos_idx`` (C, n) gallery indices of positives padded with -1.
+    Returns (C, n) int64.
+    """
+    c, g = scores.shape
+    device = scores.device
+    valid = pos_idx >= 0
+    pos_scores = scores.gather(1, pos_idx.clamp(min=0))
+    pos_scores = pos_scores.masked_fill(~valid, float("inf"))  # padding sorts last, never counted
+    pos_sorted, perm = torch.sort(pos_scores, dim=1)  # ascending
+    sorted_idx = pos_idx.gather(1, perm)
+    sorted_valid = valid.gather(1, perm)
+
+    # Only items scoring >= a row's lowest positive can outrank any positive. For most rows of a
+    # trained model they are few: count them, and rank inside the row's top-K instead of all G.
+    reach = (scores >= pos_sorted[:, :1]).sum(dim=1, dtype=torch.int32)
+    greater = torch.empty(c, pos_idx.shape[1], dtype=torch.int64, device=device)
+    equal = torch.empty_like(greater)
+    easy = reach <= max(_TOPK_MIN, g // _TOPK_FRACTION)
+    for rows, use_topk in ((easy.nonzero().flatten(), True), ((~easy).nonzero().flatten(), False)):
+        if len(rows) == 0:
+            continue
+        block = scores[rows]
+        if use_topk:
+            block = torch.topk(block, int(reach[rows].max()), dim=1, sorted=False).values
+        greater[rows], equal[rows] = _count_above(block, pos_sorted[rows])
+
+    # Equal scores (another item, or two positives): the stable rule puts lower gallery indices
+    # first, so add the tied items with a lower index - an exact count on those rows only.
+    ranks = greater
+    tied_rows = ((equal > 1) & sorted_valid).any(dim=1).nonzero().flatten()
+    for row in tied_rows.tolist():
+        cols = sorted_valid[row].nonzero().flatten()
+        same = scores[row].unsqueeze(0) == pos_sorted[row, cols].unsqueeze(1)  # (t, G)
+        before = torch.arange(g, device=device).unsqueeze(0) < sorted_idx[row, cols].unsqueeze(1)
+        ranks[row, cols] += (same & before).sum(dim=1)
+    ranks = ranks.masked_fill(~sorted_valid, g)
+    return torch.sort(ranks, dim=1).values
+
+
+def rank_per_query(
+    similarity: Optional[torch.Tensor] = None,
+    q_pids: torch.Tensor | None = None,
+    g_pids: torch.Tensor | None = None,
+    *,
+    q_feats: Optional[torch.Tensor] = None,
+    g_feats: Optional[torch.Tensor] = None,
+    chunk_size: Optional[int] = None,
+    topk: int = 0,
+) -> PerQueryRanks:
+    """Exact per-query first-hit rank, AP and INP (and optionally the stable top-k).
+
+    Either ``similarity`` (Q, G) or ``q_feats`` (Q, D) and ``g_feats`` (G, D) (scores are
+    ``q_feats @ g_feats.T``, computed one chunk of queries at a time; normalise the features first for
+    cosine similarity). ``q_pids`` (Q,), ``g_pids`` (G,) integer ids. Work runs on the device of the
+    scores; results are returned on the CPU.
+    """
+    if q_pids is None or g_pids is None:
+        raise TypeError("rank_per_query needs q_pids and g_pids")
+    q_pids, g_pids = _check_pids(q_pids, "q_pids"), _check_pids(g_pids, "g_pids")
+    if similarity is not None:
+        if q_feats is not None or g_feats is not None:
+            raise ValueError("pass either `similarity` or `q_feats`/`g_feats`, not both")
+        if similarity.dim() != 2:
+            raise ValueError(f"similarity must be (Q, G), got shape {tuple(similarity.shape)}")
+        num_q, num_g = similarity.shape
+        device = similarity.device
+    else:
+        if q_feats is None or g_feats is None:
+            raise ValueError("pass `similarity` (Q, G) or both `q_feats` (Q, D) and `g_feats` (G, D)")
+        if q_feats.dim() != 2 or g_feats.dim() != 2 or q_feats.shape[1] != g_feats.shape[1]:
+            raise ValueError(
+                f"q_feats (Q, D) and g_feats (G, D) must share D, got {tuple(q_feats.shape)} and "
+                f"{tuple(g_feats.shape)}"
+            )
+        num_q, num_g = q_feats.shape[0], g_feats.shape[0]
+        device = q_feats.device
+        g_feats = g_feats.to(device)
+    if len(q_pids) != num_q or len(g_pids) != num_g:
+        raise ValueError(
+            f"pid counts ({len(q_pids)} queries, {len(g_pids)} gallery) do not match the scores "
+            f"({num_q} x {num_g})"
+        )
+    if num_q == 0 or num_g == 0:
+        raise ValueError(f"empty retrieval problem ({num_q} queries x {num_g} gallery items)")
+
+    positives = _positive_table(q_pids, g_pids)  # (Q, n) CPU
+    chunk = chunk_size or default_chunk_size(num_g)
+    first, ap, inp, npos = [], [], [], []
+    top_i, top_v = [], []
+    for start in range(0, num_q, chunk):
+        stop = min(num_q, start + chunk)
+        if similarity is not None:
+            scores = similarity[start:stop]
+        else:
+            scores = q_feats[start:stop] @ g_feats.T
+        scores = scores.float().contiguous()
+        # A finite sum implies finite entries (cheap); only then is the full check skipped.
+        if not bool(torch.isfinite(scores.sum())) and not bool(torch.isfinite(scores).all()):
+            raise ValueError(f"similarity rows {start}..{stop - 1} contain NaN or inf")
+        pos = positives[start:stop].to(device)
+        ranks = _rank_chunk(scores, pos).cpu()  # (C, n) ascending, padded with G
+        valid = ranks < num_g
+        count = valid.sum(dim=1)
+        one_based = (ranks + 1).double()
+        hits = torch.arange(1, ranks.shape[1] + 1, dtype=torch.float64).unsqueeze(0)
+        ap.append(((hits / one_based) * valid).sum(dim=1) / count)
+        last = ranks.masked_fill(~valid, -1).max(dim=1).values + 1
+        inp.append(count.double() / last.double())
+        first.append(ranks[:, 0] + 1)
+        npos.append(count)
+        if topk:
+            v, i = _stable_topk(scores, topk)
+            top_v.append(v.cpu())
+            top_i.append(i.cpu())
+    return PerQueryRanks(
+        first_hit_rank=torch.cat(first),
+        ap=torch.cat(ap),
+        inp=torch.cat(inp),
+        num_positives=torch.cat(npos),
+        topk_indices=torch.cat(top_i) if topk else None,
+        topk_scores=torch.cat(top_v) if topk else None,
+    )
+
+
+def summarize(per_query: PerQueryRanks, num_gallery: int, max_rank: int = 10) -> dict:
+    """IRRA's summary of per-query results: ``R1, R5, R10, mAP, mINP`` (percent) and ``cmc``.
+
+    ``cmc`` has ``min(max_rank, num_gallery)`` entries (IRRA keeps the first ``max_rank`` columns of the
+    match matrix, fewer when the gallery is smaller).
+    """
+    first = per_query.first_hit_rank
+    cmc = [100.0 * float((first <= k).double().mean()) for k in range(1, min(max_rank, num_gallery) + 1)]
+    out = {f"R{k}": 100.0 * float((first <= k).double().mean()) for k in (1, 5, 10)}
+    out["mAP"] = 100.0 * float(per_query.ap.mean())
+    out["mINP"] = 100.0 * float(per_query.inp.mean())
+    out["cmc"] = cmc
+    return out
+
+
+def rank_metrics(
+    similarity: Optional[torch.Tensor] = None,
+    q_pids: torch.Tensor | None = None,
+    g_pids: torch.Tensor | None = None,
+    max_rank: int = 10,
+    *,
+    q_feats: Optional[torch.Tensor] = None,
+    g_feats: Optional[torch.Tensor] = None,
+    chunk_size: Optional[int] = None,
+) -> dict:
+    """IRRA's retrieval metrics, exact and in bounded memory.
+
+    Args:
+        similarity: (Q, G) scores, queries x gallery (t2i: captions x images). For i2t pass
+            ``similarity.T`` and swap the pid roles.
+        q_pids: (Q,) person ids of the queries; ``g_pids``: (G,) of the gallery.
+        max_rank: length of the returned ``cmc`` (capped at G).
+        q_feats, g_feats: (Q, D), (G, D) instead of ``similarity``; scores = ``q_feats @ g_feats.T``
+            per chunk, so the Q x G matrix is never stored.
+        chunk_size: queries per chunk (default: from a ~192 MB budget for the temporaries).
+
+    Returns:
+        ``{"R1", "R5", "R10", "mAP", "mINP"}`` as percent floats and ``"cmc"`` (list of
+        ``min(max_rank, G)`` percents). Ties are broken deterministically: among equal scores the lower
+        gallery index ranks first (a stable descending sort); IRRA's argsort leaves that order
+        undefined, so only tied inputs can differ from it.
+    """
+    per_query = rank_per_query(
+        similarity, q_pids, g_pids, q_feats=q_feats, g_feats=g_feats, chunk_size=chunk_size
+    )
+    num_gallery = similarity.shape[1] if similarity is not None else g_feats.shape[0]
+    return summarize(per_query, num_gallery, max_rank)
+
+
+def rank_metrics_full_sort(
+    similarity: torch.Tensor, q_pids: torch.Tensor, g_pids: torch.Tensor, max_rank: int = 10
+) -> dict:
+    """Straightforward reference: full stable argsort of the Q x G matrix, then IRRA's cumsum formulas.
+
+    Memory O(Q x G) int64 (3.2 GB indices at ICFG size); used by the tests and the benchmark as the
+    plain implementation of the same definitions (ties: lower gallery index first).
+    """
+    q_pids, g_pids = _check_pids(q_pids, "q_pids"), _check_pids(g_pids, "g_pids")
+    order = torch.sort(similarity.float(), dim=1, descending=True, stable=True).indices
+    matches = (g_pids[order] == q_pids.unsqueeze(1)).to(torch.int64)
+    del order
+    if not bool(matches.any(dim=1).all()):
+        raise ValueError("every query needs at least one correct gallery item")
+    cum = matches.cumsum(dim=1)
+    num_rel = cum[:, -1]
+    cmc = (cum[:, :max_rank] >= 1).double().mean(dim=0) * 100.0
+    ranks = torch.arange(1, similarity.shape[1] + 1, dtype=torch.float64)
+    ap = ((cum.double() / ranks) * matches).sum(dim=1) / num_rel
+    last = similarity.shape[1] - 1 - matches.flip(1).argmax(dim=1)  # 0-based index of the last match
+    inp = num_rel.double() / (last + 1).double()
+    hit = (cum >= 1).double().mean(dim=0) * 100.0
+    out = {f"R{k}": float(hit[min(k, similarity.shape[1]) - 1]) for k in (1, 5, 10)}
+    out.update(mAP=100.0 * float(ap.mean()), mINP=100.0 * float(inp.mean()), cmc=cmc.tolist())
+    return out
