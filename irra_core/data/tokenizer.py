@@ -139,8 +139,9 @@ class SimpleTokenizer:
     def decode(self, ids: Iterable[int]) -> str:
         """Inverse of :meth:`encode` up to cleaning (padding 0 is decoded as ``!`` like CLIP)."""
         text = "".join(self.decoder[int(i)] for i in ids)
-        data = bytearray(self.byte_decoder.get(c, ord("?")) for c in text.replace("</w>", " "))
-        return data.decode("utf-8", errors="replace").replace("\x00", "")
+        # "</w>" is made of printable byte-symbols, so it survives the byte mapping and is replaced after
+        data = bytearray(self.byte_decoder[c] for c in text if c in self.byte_decoder)
+        return data.decode("utf-8", errors="replace").replace("</w>", " ")
 
 
 def _split_unknown(sym: str, encoder: dict[str, int]) -> list[str]:
