@@ -346,10 +346,3 @@ def load_runs(run_dir: str | Path, checkpoint: str = "best", *, device: str = "c
     return {name: load_run(folder, checkpoint, device=device, name=f"{name}/{checkpoint}")
             for name, folder in found.items()}
 
-
-def save_figure(fig, path: str | Path, dpi: int = 110) -> Path:
-    """Write a figure as PNG atomically (a killed kernel never leaves a truncated image)."""
-    from irra_core.io_utils import atomic_write
-
-    return atomic_write(path, lambda handle: fig.savefig(handle, format="png", dpi=dpi, bbox_inches="tight"),
-                        binary=True)

@@ -184,7 +184,7 @@ def plot_topk_gallery(queries: Sequence[dict], load_image: ImageLoader, gallery_
         for ax in list(row[n_gt + len(idx):]) + ([] if known else list(row[:n_gt])):
             ax.set_axis_off()
     if title:
-        fig.suptitle(title)
+        fig.suptitle(title, y=1.0 + 0.12 / len(queries), fontsize=11)  # above the first row's caption
     fig.subplots_adjust(hspace=0.9, wspace=0.08, top=0.85 if len(queries) == 1 else 0.93)
     return fig
 

@@ -22,6 +22,7 @@ import torch
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
+from matplotlib.ticker import MaxNLocator
 
 MODALITY_COLORS = {"image": "#1f77b4", "text": "#ff7f0e"}
 
@@ -181,7 +182,8 @@ def plot_expert_load(load: pd.DataFrame, *, fig: Figure | None = None, title: st
         ax.set_xlabel("expert")
         ax.set_title(f"layer {layer}")
     axes[0].set_ylabel("share of top-k selections")
-    axes[-1].legend(fontsize=7)
+    axes[0].set_ylim(0, max(1.35 * float(load["fraction"].max()), 1.5 / num_experts))  # room for the legend
+    axes[-1].legend(fontsize=7, loc="upper right")
     fig.suptitle(title)
     fig.tight_layout()
     return fig
@@ -223,24 +225,38 @@ def plot_patch_expert_map(image: np.ndarray, expert: torch.Tensor, share: torch.
     return fig
 
 
+SPECIAL_SHORT = {"<|startoftext|>": "SOT", "<|endoftext|>": "EOT", "<|mask|>": "MASK"}
+
+
 def plot_word_experts(words: Sequence[str], expert: Sequence[int], num_experts: int, *, share: Sequence[float] | None = None,
-                      ax=None, title: str = "per-word expert (via CRFM)", per_line: int = 10) -> Figure:
-    """A caption with each word boxed in its expert's colour (box opacity follows the vote share)."""
+                      ax=None, title: str = "per-word expert (via CRFM)", line_chars: int = 70) -> Figure:
+    """A caption with each token boxed in its expert's colour (box opacity follows the vote share).
+
+    Tokens flow left to right and wrap at about ``line_chars`` characters; SOT/EOT are shown as ``SOT``/``EOT``.
+    """
     if len(words) != len(expert):
         raise ValueError(f"{len(words)} words but {len(expert)} expert assignments")
-    lines = -(-len(words) // per_line) if words else 1
-    fig, ax = _axes(ax, (8, 0.5 + 0.45 * lines))
+    labels = [SPECIAL_SHORT.get(w, w) for w in words]
+    positions, line, col = [], 0, 0
+    for label in labels:
+        width = len(label) + 2
+        if col and col + width > line_chars:
+            line, col = line + 1, 0
+        positions.append((col, line))
+        col += width
+    lines = line + 1
+    fig, ax = _axes(ax, (8, 0.6 + 0.4 * lines))
     colors = expert_colors(num_experts)
-    ax.set_xlim(0, per_line)
-    ax.set_ylim(lines, 0)
+    ax.set_xlim(0, line_chars)
+    ax.set_ylim(lines, -0.2)
     ax.set_axis_off()
-    for i, (word, e) in enumerate(zip(words, expert)):
+    for (x, y), label, e, i in zip(positions, labels, expert, range(len(labels))):
         alpha = 0.3 + 0.6 * (share[i] if share is not None else 1.0)
-        ax.text(i % per_line + 0.05, i // per_line + 0.5, word, fontsize=9, va="center", ha="left",
-                bbox=dict(boxstyle="round,pad=0.25", facecolor=(*colors[int(e)][:3], alpha), edgecolor="none"))
+        ax.text(x + 0.5, y + 0.5, label, fontsize=9, va="center", ha="left", family="monospace",
+                bbox=dict(boxstyle="round,pad=0.2", facecolor=(*colors[int(e)][:3], alpha), edgecolor="none"))
     ax.legend(handles=[Patch(color=colors[e], label=f"expert {e}") for e in range(num_experts)],
-              fontsize=6, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=num_experts, frameon=False)
-    ax.set_title(title, fontsize=9, pad=18)
+              fontsize=7, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=num_experts, frameon=False)
+    ax.set_title(title, fontsize=9, pad=22)
     return fig
 
 
@@ -270,6 +286,7 @@ def plot_routing_drift(drift: pd.DataFrame, *, fig: Figure | None = None) -> Fig
             ax.set_title(f"{modality}, layer {layer}", fontsize=8)
             if i == len(modalities) - 1:
                 ax.set_xlabel("epoch")
+                ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         axes[i, 0].set_ylabel("share")
     axes[0, -1].legend(fontsize=6)
     fig.suptitle("routing drift over training")
@@ -351,6 +368,7 @@ def plot_aux_over_training(drift: pd.DataFrame, floor: float, *, ax=None) -> Fig
                 ls="-" if layer % 2 == 0 else ":", label=f"{modality} L{layer}")
     ax.axhline(floor, color="black", ls="--", lw=1, label=f"floor k/E = {floor:.3f}")
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("aux (per layer, mean over steps)")
     ax.set_title("load-balancing loss over training")
     ax.legend(fontsize=6, ncol=2)

@@ -73,7 +73,7 @@ class RetrievalExplorer:
         fig = retrieval.plot_topk_gallery([row], self.run.display_image, self.run.split["image_pids"],
                                           top_k=min(self.top_k, len(row["top10_indices"])), fig=fig)
         label = "free text" if self.text is not None else f'query {self.query_index} (pid {row["pid"]})'
-        fig.suptitle(f"{self.checkpoint}: {label}", fontsize=9)
+        fig.suptitle(f"{self.checkpoint}: {label}", y=1.12, fontsize=10)
         return fig
 
     def _refresh(self) -> None:
@@ -142,7 +142,7 @@ class RoutingExplorer:
 
         expert, share, grid, num_experts = image_expert_map(self.run, self.image_index, self.layer)
         words, w_expert, w_share, _ = caption_expert_map(self.run, self.caption, self.layer)
-        fig = fig or Figure(figsize=(10, 4.2))
+        fig = fig or Figure(figsize=(10, 4.2))  # image left, caption right
         gs = fig.add_gridspec(1, 2, width_ratios=[1, 4])
         routing.plot_patch_expert_map(self.run.display_image(self.image_index), expert, share, grid, num_experts,
                                       ax=fig.add_subplot(gs[0]), title=f"image {self.image_index}")
