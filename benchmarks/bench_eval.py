@@ -40,7 +40,7 @@ def _rss_bytes() -> int:
         return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def _make_inputs(size: str, seed: int = 0, dim: int = 256, noise: float = 0.09):
+def _make_inputs(size: str, seed: int = 0, dim: int = 256, noise: float = 0.12):
     """Features, pids, and (for the similarity input) a Q x G matrix filled chunk by chunk."""
     import torch
 
