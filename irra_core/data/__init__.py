@@ -15,8 +15,6 @@ from typing import Any
 
 from irra_core.data.errors import DatasetError, ImageReadError
 from irra_core.data.parsers import PedesDataset, build_dataset, canonical_name
-from irra_core.data.tokenizer import tokenize
-from irra_core.data.transforms import build_transforms
 
 __all__ = [
     "DatasetError", "ImageReadError", "PedesDataset", "build_dataset", "canonical_name", "prepare_dataset",
@@ -44,7 +42,15 @@ def prepare_dataset(cfg: Any) -> PedesDataset:
 
 
 def __getattr__(name: str) -> Any:
-    # heavier pieces are imported on first use so `import irra_core.data` stays light
+    # torch-dependent pieces are imported on first use, so the `check` CLI starts without torch
+    if name == "tokenize":
+        from irra_core.data.tokenizer import tokenize
+
+        return tokenize
+    if name == "build_transforms":
+        from irra_core.data.transforms import build_transforms
+
+        return build_transforms
     if name in ("build_train_loader", "build_eval_loaders"):
         from irra_core.data import loaders
 

@@ -6,47 +6,17 @@ file (IRRA's ``read_image`` retries forever); unreadable files are skipped only 
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 import torchvision.transforms as T
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch.utils.data import Dataset
 
-from irra_core.data.errors import ImageReadError
+from irra_core.data.images import find_unreadable, read_image  # noqa: F401 - re-exported
 from irra_core.data.mlm import mask_tokens
 from irra_core.data.tokenizer import tokenize
-
-_HINT = ("run `python -m irra_core.data check --dataset NAME --root DIR` to list every bad file, or set "
-         "data.skip_bad_images=true to skip them (they are reported)")
-
-
-def read_image(path: str | Path) -> Image.Image:
-    """Open an image as RGB; one attempt, and an :class:`ImageReadError` naming the file otherwise."""
-    try:
-        with Image.open(path) as img:
-            return img.convert("RGB")
-    except FileNotFoundError:
-        raise ImageReadError(f"image file {path} does not exist; {_HINT}") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise ImageReadError(f"image file {path} cannot be decoded ({exc}); {_HINT}") from exc
-
-
-def find_unreadable(paths: Sequence[str]) -> dict[str, str]:
-    """``{path: reason}`` for every file in ``paths`` that is missing or does not decode fully."""
-    bad: dict[str, str] = {}
-    for path in dict.fromkeys(paths):
-        try:
-            with Image.open(path) as img:
-                img.load()
-        except FileNotFoundError:
-            bad[path] = "missing"
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-            bad[path] = f"undecodable: {exc}"
-    return bad
-
 
 def _split_index(item: Any) -> tuple[int, int]:
     # samplers yield (index, epoch); plain ints come from default samplers and direct indexing

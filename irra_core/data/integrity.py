@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from irra_core.data.datasets import find_unreadable
+from irra_core.data.images import find_unreadable
 from irra_core.data.errors import DatasetError
 from irra_core.data.parsers import SPECS, canonical_name, read_records
 from irra_core.data.tokenizer import token_length

@@ -9,7 +9,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from irra_core.data.datasets import ImageDataset, TextDataset, TrainDataset, find_unreadable
+from irra_core.data.datasets import ImageDataset, TextDataset, TrainDataset
+from irra_core.data.images import find_unreadable
 from irra_core.data.errors import DatasetError
 from irra_core.data.parsers import PedesDataset
 from irra_core.data.samplers import IdentitySampler, RandomSampler

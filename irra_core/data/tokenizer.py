@@ -19,11 +19,13 @@ import gzip
 import html
 import re
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
+
+if TYPE_CHECKING:
+    import torch
 
 import ftfy
 import regex
-import torch
 
 MASK_TOKEN, SOT_TOKEN, EOT_TOKEN = "<|mask|>", "<|startoftext|>", "<|endoftext|>"
 MASK_ID, SOT_ID, EOT_ID = 49405, 49406, 49407
@@ -174,7 +176,7 @@ def token_length(text: str) -> int:
     return len(_encode_cached(text)) + 2
 
 
-def tokenize(texts: str | Sequence[str], context_length: int = 77) -> torch.Tensor:
+def tokenize(texts: str | Sequence[str], context_length: int = 77) -> "torch.Tensor":
     """Tokenise captions exactly as IRRA (``truncate=True``).
 
     Args:
@@ -185,6 +187,8 @@ def tokenize(texts: str | Sequence[str], context_length: int = 77) -> torch.Tens
         LongTensor (N, L): ``[SOT] + bpe + [EOT]`` truncated to L with EOT kept at position L-1,
         zero-padded. Repeated captions are encoded once (cached).
     """
+    import torch
+
     if isinstance(texts, str):
         texts = [texts]
     if context_length < 2:
