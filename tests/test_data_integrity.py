@@ -74,6 +74,22 @@ def test_finds_corrupt_file(ds):
     assert [i.path for i in report.errors if i.kind == "corrupt_image"] == [str(victim.resolve())]
 
 
+def test_real_dataset_split_sizes_compared_with_published(ds):
+    (ds / ".irra_synthetic").unlink()  # no longer recognised as synthetic: compared with the paper's sizes
+    report = check_dataset("CUHK-PEDES", ds)
+    sizes = [i for i in report.warnings if i.kind == "split_size"]
+    assert {i.split for i in sizes} == {"train", "val", "test"} and "published 11003" in sizes[0].message
+
+
+def test_finds_non_contiguous_training_pids(ds):
+    entries = _entries(ds)
+    for e in entries:
+        if e["id"] == 2:
+            e["id"] = 900
+    _write(ds, entries)
+    assert "pid_contiguity" in {i.kind for i in check_dataset("CUHK-PEDES", ds).errors}
+
+
 def test_warns_on_shared_captions_and_truncation(ds):
     entries = _entries(ds)
     other = next(e for e in entries if e["id"] != entries[0]["id"])

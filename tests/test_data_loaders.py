@@ -69,3 +69,17 @@ def test_eval_loader_default_prepares_dataset(cfg):
     assert len(gallery.dataset) > 0 and len(query.dataset) == 2 * len(gallery.dataset)
     with pytest.raises(ValueError, match="split"):
         build_eval_loaders(cfg, "train")
+
+
+def test_mlm_masks_independent_of_worker_count(cfg):
+    from dataclasses import replace
+
+    ds = prepare_dataset(cfg)
+    out = []
+    for workers in (0, 2):
+        c = replace(cfg, data=replace(cfg.data, num_workers=workers))
+        loader = build_train_loader(c, ds, seed=9)
+        loader.sampler.set_epoch(1)
+        out.append([(b["pids"], b["mlm_ids"], b["caption_ids"]) for b in loader])
+    for (p0, m0, c0), (p1, m1, c1) in zip(*out):
+        assert torch.equal(p0, p1) and torch.equal(m0, m1) and torch.equal(c0, c1)

@@ -486,6 +486,8 @@ def make_synthetic_pedes(root: str | Path, fmt: str = "CUHK-PEDES", num_identiti
     tmp = root.parent / f".{root.name}.partial-{uuid.uuid4().hex[:8]}"
     try:
         _write(tmp, params)
+        if is_complete(root, params):  # another process (a DDP rank) finished first: keep its copy
+            return root
         if root.exists():
             shutil.rmtree(root)  # a stale or half-written synthetic folder (it has our marker)
         try:
