@@ -120,7 +120,11 @@ def _read_weights(path: Path) -> dict[str, torch.Tensor]:
         with zipfile.ZipFile(path) as archive:
             is_torchscript = any(n.split("/", 1)[-1].startswith("code/") for n in archive.namelist())
     if is_torchscript:
-        state = torch.jit.load(str(path), map_location="cpu").state_dict()
+        import warnings
+
+        with warnings.catch_warnings():  # torch.jit is deprecated, but OpenAI's archives are TorchScript
+            warnings.simplefilter("ignore", FutureWarning)
+            state = torch.jit.load(str(path), map_location="cpu").state_dict()
     else:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
