@@ -33,7 +33,7 @@ def metrics_dataframe(metrics: Mapping, name: str | None = None):
 
     runs = {name or "run": metrics} if any(k in metrics for k in ("t2i", "i2t")) else metrics
     rows = [
-        {"run": run, "task": task, "metric": key, "value": float(vals[key])}
+        {"run": run, "task": task, "metric": key, "value": float(result[task][key])}
         for run, result in runs.items()
         for task in ("t2i", "i2t")
         if isinstance(result.get(task), Mapping)
