@@ -43,6 +43,7 @@ class InspectRun:
     batch_size: int = 64
     run_dir: Path | None = None
     cfg: object = None
+    split_name: str = "test"
     gallery_feats: torch.Tensor | None = None
     query_feats: torch.Tensor | None = None
     queries: pd.DataFrame | None = None
@@ -82,6 +83,16 @@ class InspectRun:
     def ensure_features(self) -> None:
         """Encode the gallery and all captions once (eval mode, batches of ``batch_size``)."""
         self.model.eval()
+        if self.cfg is not None and self.gallery_feats is None and self.query_feats is None:
+            # the evaluation layer's encoder and embedding cache (shared with 20_evaluate when the keys match)
+            from irra_core.evaluation import load_or_encode
+
+            cache = self.run_dir / "cache" if self.run_dir is not None else None
+            enc = load_or_encode(self.model, self.cfg, self.split_name, device=self.device, cache_dir=cache)
+            if len(enc.g_feats) != len(self.split["img_paths"]) or len(enc.q_feats) != len(self.split["captions"]):
+                raise ValueError(f"{self.name}: encoded {self.split_name} split ({len(enc.g_feats)} images, "
+                                 f"{len(enc.q_feats)} captions) does not match the loaded split")
+            self.gallery_feats, self.query_feats = enc.g_feats.float().cpu(), enc.q_feats.float().cpu()
         if self.gallery_feats is None:
             n = len(self.split["img_paths"])
             feats = [self.model.encode_image(self.model_images(range(s, min(n, s + self.batch_size))).to(self.device))
@@ -123,10 +134,21 @@ def compute_query_table(query_feats: torch.Tensor, gallery_feats: torch.Tensor, 
     })
 
 
-def find_queries_csv(run_dir: Path, tag: str) -> Path | None:
-    """``queries.csv`` of a run for a checkpoint tag: ``eval/<tag>*/queries.csv``, then ``queries.csv``."""
-    candidates = sorted((run_dir / "eval").glob(f"{tag}*/queries.csv")) + [run_dir / "queries.csv"]
-    return next((p for p in candidates if p.exists()), None)
+def find_queries_csv(run_dir: Path, tag: str, split: dict) -> Path | None:
+    """``queries.csv`` of a run for a checkpoint tag that belongs to ``split``.
+
+    Looks in ``eval/*<tag>*/`` then the run folder; a table whose rows do not match the split's captions
+    (another split, another dataset) is passed over with a note, and the table is then recomputed.
+    """
+    candidates = sorted((run_dir / "eval").glob(f"*{tag}*/queries.csv")) + [run_dir / "queries.csv"]
+    for path in candidates:
+        if not path.exists():
+            continue
+        table = retrieval.read_queries(path)
+        if len(table) == len(split["captions"]) and list(table["caption"][:3]) == list(split["captions"][:3]):
+            return path
+        print(f"{path}: per-query table of another split ({len(table)} rows); recomputing it")
+    return None
 
 
 def load_run(run_dir: str | Path, checkpoint: str = "best", *, split: str = "test", device: str = "cpu",
@@ -163,10 +185,11 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", *, split: str = "tes
         state = state["model"]
     model.load_state_dict(state)
     model.to(device).eval()
-    queries_csv = find_queries_csv(run_dir, checkpoint)
-    return InspectRun(name=name or f"{run_dir.name}/{checkpoint}", model=model, split=getattr(dataset, split),
+    split_dict = getattr(dataset, split)
+    queries_csv = find_queries_csv(run_dir, checkpoint, split_dict)
+    return InspectRun(name=name or f"{run_dir.name}/{checkpoint}", model=model, split=split_dict,
                       img_size=tuple(cfg.data.img_size), text_length=cfg.data.text_length, device=device,
-                      batch_size=cfg.data.test_batch_size, run_dir=run_dir, cfg=cfg,
+                      batch_size=cfg.data.test_batch_size, run_dir=run_dir, cfg=cfg, split_name=split,
                       queries=retrieval.read_queries(queries_csv) if queries_csv else None)
 
 
