@@ -485,9 +485,9 @@ def _fit(cfg: Config, run_dir: Path, callbacks: list, resume: bool, dataset: Any
     barrier()
     if not main:
         metrics = run.read_metrics() if run.metrics_path.exists() else {}
-    last_epoch = load_checkpoint(run.last_checkpoint)["epoch"] if run.last_checkpoint.exists() else 0
-    return FitResult(run_dir=run.path, metrics=metrics, best_epoch=metrics.get("best", {}).get("epoch"),
-                     last_epoch=last_epoch,
+    best = metrics.get("best") or {}
+    return FitResult(run_dir=run.path, metrics=metrics, best_epoch=best.get("epoch"),
+                     last_epoch=metrics.get("last", {}).get("epoch", state.epoch),
                      best_checkpoint=run.best_checkpoint if run.best_checkpoint.exists() else None,
                      last_checkpoint=run.last_checkpoint, log=run.read_log(), model=model)
 
@@ -514,41 +514,41 @@ def _repair_best(run: RunDir, best_epoch: int | None) -> None:
 
 
 def _final_report(cfg: Config, run: RunDir, model: nn.Module, device: torch.device, eval_split: str) -> dict:
-    """Evaluate best and last on the test split and write ``metrics.json`` (reused when already written)."""
+    """Evaluate best and last on the test split, write ``metrics.json`` (reused when already written) and
+    leave the selected checkpoint's weights in ``model``."""
     last_state = load_checkpoint(run.last_checkpoint, map_location=device)
     last_epoch = last_state["epoch"]
+    best_epoch = last_state.get("extra", {}).get("best_epoch")
+    use_best = cfg.train.select_on != "last" and best_epoch is not None and run.best_checkpoint.exists()
+    module = unwrap_model(model)
+    best_state = None
+    if best_epoch is not None and run.best_checkpoint.exists() and best_epoch != last_epoch:
+        best_state = load_checkpoint(run.best_checkpoint, map_location=device)
+    selected_state = best_state if use_best and best_state is not None else last_state
     if run.metrics_path.exists():
         metrics = run.read_metrics()
         if metrics.get("last", {}).get("epoch") == last_epoch:
-            _load_selected(cfg, run, model, device)
+            module.load_state_dict(selected_state["model"])
             return metrics
-    module = unwrap_model(model)
     module.load_state_dict(last_state["model"])
     last_test = _evaluate(module, cfg, "test", device, run.eval_dir("last_test"))
-    best_epoch = last_state.get("extra", {}).get("best_epoch")
     best = None
     if best_epoch is not None and run.best_checkpoint.exists():
-        best_state = load_checkpoint(run.best_checkpoint, map_location=device)
-        val = next((r["eval"] for r in run.read_log() if r.get("epoch") == best_epoch and "eval" in r), None)
-        if best_state["epoch"] == last_epoch:
+        if best_state is None:  # the best checkpoint is the last one
             best_test = last_test
         else:
             module.load_state_dict(best_state["model"])
             best_test = _evaluate(module, cfg, "test", device, run.eval_dir("best_test"))
-        best = {"epoch": best_state["epoch"],
-                "val": {k: v for k, v in (val or {}).items() if k in ("t2i", "i2t")}, "test": best_test}
-    selected = last_test if cfg.train.select_on == "last" or best is None else best["test"]
+        val = next((r["eval"] for r in run.read_log() if r.get("epoch") == best_epoch and "eval" in r), None)
+        best = {"epoch": best_epoch, "val": {k: v for k, v in (val or {}).items() if k in ("t2i", "i2t")},
+                "test": best_test}
+    selected = best["test"] if use_best and best is not None else last_test
     metrics = {"t2i": selected["t2i"], "i2t": selected["i2t"], "best": best,
                "last": {"epoch": last_epoch, "test": last_test},
-               "selection": {"policy": cfg.train.select_on, "split": eval_split if cfg.train.select_on != "last"
-                             else None, "metric": ".".join(SELECTION_METRIC),
-                             "epoch": last_epoch if cfg.train.select_on == "last" or best is None else best["epoch"]}}
+               "selection": {"policy": cfg.train.select_on,
+                             "split": eval_split if cfg.train.select_on != "last" else None,
+                             "metric": ".".join(SELECTION_METRIC),
+                             "epoch": best_epoch if use_best and best is not None else last_epoch}}
     run.write_metrics(metrics)
-    _load_selected(cfg, run, model, device)
+    module.load_state_dict(selected_state["model"])
     return metrics
-
-
-def _load_selected(cfg: Config, run: RunDir, model: nn.Module, device: torch.device) -> None:
-    path = run.best_checkpoint if cfg.train.select_on != "last" and run.best_checkpoint.exists() \
-        else run.last_checkpoint
-    unwrap_model(model).load_state_dict(load_checkpoint(path, map_location=device)["model"])
