@@ -95,3 +95,14 @@ def test_routing_explorer_with_stubbed_capture(tmp_path, monkeypatch):
     assert tuple(patch[0, 0, :3]) == pytest.approx(__import__("irra_core.viz.routing").viz.routing.expert_colors(4)[3][:3])
     with pytest.raises(IndexError):
         ex.select_image(99)
+
+
+def test_routing_explorer_coverage_bars(tmp_path, monkeypatch):
+    import irra_core.viz.inspect as I
+
+    monkeypatch.setattr(I, "image_expert_map", lambda run, i, l: (torch.tensor([0, 0, 0, 1, 1, 1, 1, 1]),
+                                                                  torch.ones(8), (4, 2), 4))
+    monkeypatch.setattr(I, "caption_expert_map", lambda run, c, l: (["a", "b"], torch.tensor([3, 3]), torch.ones(2), 4))
+    fig = W.RoutingExplorer(_run(tmp_path)).render()
+    widths = [round(p.get_width(), 3) for p in fig.axes[2].patches]
+    assert widths == [0.375, 0.625, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0]  # image: 3/8 e0, 5/8 e1; caption: all e3

@@ -142,12 +142,26 @@ class RoutingExplorer:
 
         expert, share, grid, num_experts = image_expert_map(self.run, self.image_index, self.layer)
         words, w_expert, w_share, _ = caption_expert_map(self.run, self.caption, self.layer)
-        fig = fig or Figure(figsize=(10, 4.2))  # image left, caption right
-        gs = fig.add_gridspec(1, 2, width_ratios=[1, 4])
+        fig = fig or Figure(figsize=(10, 4.2))
+        gs = fig.add_gridspec(2, 2, width_ratios=[1, 4], height_ratios=[1, 1.2], hspace=0.5)
         routing.plot_patch_expert_map(self.run.display_image(self.image_index), expert, share, grid, num_experts,
-                                      ax=fig.add_subplot(gs[0]), title=f"image {self.image_index}")
+                                      ax=fig.add_subplot(gs[:, 0]), title=f"image {self.image_index}")
         routing.plot_word_experts(words, w_expert.tolist(), num_experts, share=w_share.tolist(),
-                                  ax=fig.add_subplot(gs[1]), title="caption")
+                                  ax=fig.add_subplot(gs[0, 1]), title="caption")
+        # how much of this image (patches) and this caption (tokens) each expert covers
+        ax = fig.add_subplot(gs[1, 1])
+        cover = {"image patches": np.bincount(expert.numpy(), minlength=num_experts) / max(1, expert.numel()),
+                 "caption tokens": np.bincount(w_expert.numpy(), minlength=num_experts) / max(1, w_expert.numel())}
+        colors = routing.expert_colors(num_experts)
+        for row, (label, frac) in enumerate(cover.items()):
+            left = 0.0
+            for e in range(num_experts):
+                ax.barh(row, frac[e], left=left, color=colors[e])
+                left += frac[e]
+        ax.set_yticks(range(len(cover)))
+        ax.set_yticklabels(list(cover))
+        ax.set_xlim(0, 1)
+        ax.set_xlabel("share assigned to each expert")
         fig.suptitle(f"{self.run.name}: EFP layer {self.layer}, experts via CRFM weights", fontsize=9)
         return fig
 
