@@ -44,14 +44,17 @@ def test_plot_functions_draw_into_a_given_axes():
 
 
 def test_images_per_identity_counts_identities_per_split():
-    pids = [0, 0, 1, 1, 1, 2, 7, 7]
-    splits = ["train"] * 6 + ["test"] * 2
-    fig = data_plots.plot_images_per_identity(pids, splits)
+    table = pd.DataFrame({"split": ["train", "train", "train", "test"], "pid": [0, 1, 2, 7],
+                          "images": [2, 3, 1, 2], "captions": [4, 6, 2, 4]})
+    fig = data_plots.plot_images_per_identity(table)
     bars = [p.get_height() for p in fig.axes[0].patches if p.get_height() > 0]
     assert sorted(bars) == [1, 1, 1, 1]  # train: ids with 1, 2 and 3 images; test: one id with 2
     assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["1", "2", "3"]
-    fig = data_plots.plot_images_per_identity([0, 0, 1, 1, 2])
-    assert sorted(p.get_height() for p in fig.axes[0].patches if p.get_height() > 0) == [1, 2]  # one id with 1 image, two with 2
+    assert "4 identities, 8 images" in fig.axes[0].get_title()
+    fig = data_plots.plot_images_per_identity(table.drop(columns="split"), column="captions")
+    assert sorted(p.get_height() for p in fig.axes[0].patches if p.get_height() > 0) == [1, 1, 2]
+    with pytest.raises(ValueError, match="not in the table"):
+        data_plots.plot_images_per_identity(table, column="views")
 
 
 def test_split_summary_and_attribute_counts():

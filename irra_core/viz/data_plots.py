@@ -85,9 +85,11 @@ def plot_caption_lengths(lengths: Sequence[int], *, text_length: int | None = No
     frame = pd.DataFrame({"length": np.asarray(lengths, dtype=int)})
     kwargs = {}
     if hue is not None:
-        frame["group"] = list(hue)
-        known = set(frame["group"]) <= set(SPLIT_COLORS)
-        kwargs = {"hue": "group", "palette": SPLIT_COLORS if known else None, "multiple": "stack"}
+        frame["split"] = list(hue)
+        known = set(frame["split"]) <= set(SPLIT_COLORS)
+        order = [s for s in SPLIT_COLORS if s in set(frame["split"])] if known else None
+        kwargs = {"hue": "split", "hue_order": order, "palette": SPLIT_COLORS if known else None,
+                  "multiple": "stack"}
     import seaborn as sns
 
     sns.histplot(frame, x="length", discrete=True, ax=ax, **kwargs)
@@ -102,25 +104,27 @@ def plot_caption_lengths(lengths: Sequence[int], *, text_length: int | None = No
     return fig
 
 
-def plot_images_per_identity(pids: Sequence[int], splits: Sequence[str] | None = None,
-                             ax: Axes | None = None) -> Figure:
-    """How many images each identity has (bars: number of identities with k images), per split.
+def plot_images_per_identity(per_identity: pd.DataFrame, column: str = "images", ax: Axes | None = None) -> Figure:
+    """How many images (or captions) each identity has: bars = number of identities with k of them, per split.
 
     Args:
-        pids: the identity of each image (one entry per image, not per caption).
-        splits: the split of each image; identities of different splits are counted apart.
+        per_identity: one row per identity with a ``split`` column (optional) and a count column, as
+            ``irra_core.data.stats.images_per_identity`` returns.
+        column: the count to show, ``images`` or ``captions``.
     """
+    if column not in per_identity.columns:
+        raise ValueError(f"column {column!r} not in the table ({list(per_identity.columns)})")
     fig, ax = _axes(ax)
-    frame = pd.DataFrame({"pid": list(pids), "split": list(splits) if splits is not None else "all"})
-    per_id = frame.groupby(["split", "pid"]).size().rename("images").reset_index()
+    frame = per_identity.copy()
+    if "split" not in frame.columns:
+        frame["split"] = "all"
     import seaborn as sns
 
-    order = [s for s in SPLIT_COLORS if s in set(per_id["split"])] or None
-    sns.countplot(per_id, x="images", hue="split", hue_order=order,
-                  palette=SPLIT_COLORS if order else None, ax=ax)
-    ax.set_xlabel("images per identity")
+    order = [s for s in SPLIT_COLORS if s in set(frame["split"])] or None
+    sns.countplot(frame, x=column, hue="split", hue_order=order, palette=SPLIT_COLORS if order else None, ax=ax)
+    ax.set_xlabel(f"{column} per identity")
     ax.set_ylabel("identities")
-    ax.set_title(f"Images per identity ({per_id['pid'].nunique()} identities, {len(frame)} images)")
+    ax.set_title(f"{column.capitalize()} per identity ({len(frame)} identities, {int(frame[column].sum())} {column})")
     return fig
 
 
