@@ -192,37 +192,54 @@ def _article(phrase: str) -> str:
     return ("an " if phrase[0] in "aeiou" else "a ") + phrase
 
 
-def make_caption(a: dict[str, str], rng: np.random.Generator) -> str:
-    """One varied sentence pair naming a random subset of the identity's attributes."""
+def make_caption(a: dict[str, str], rng: np.random.Generator, mentions: set[str] | None = None) -> str:
+    """One varied sentence pair naming a random subset of the identity's attributes.
+
+    Args:
+        mentions: if given, receives the names of the attributes the caption states.
+    """
+    said = mentions if mentions is not None else set()
     wear: list[str] = []
     if rng.random() < 0.95:
         wear.append(_article(f"{_c(a['upper_colour'], rng)} {_w(_UPPER[a['upper_type']], rng)}"))
+        said.update(("upper_colour", "upper_type"))
     if rng.random() < 0.95:
         lower = f"{_c(a['lower_colour'], rng)} {_w(_LOWER[a['lower_type']], rng)}"
         wear.append(_article(lower) if a["lower_type"] == "skirt" else lower)
+        said.update(("lower_colour", "lower_type"))
     if rng.random() < 0.5:
         wear.append(f"{_c(a['shoes_colour'], rng)} {_w(['shoes', 'sneakers', 'shoes'], rng)}")
+        said.add("shoes_colour")
     if a["hat"] != "none" and rng.random() < 0.8:
         wear.append(_article(f"{_c(a['hat_colour'], rng)} {_w(_HAT[a['hat']], rng)}"))
+        said.update(("hat", "hat_colour"))
     if a["accessory"] == "glasses" and rng.random() < 0.7:
         wear.append(_w(["glasses", "glasses", "eyeglasses", "spectacles"], rng))
+        said.add("accessory")
     if a["accessory"] == "scarf" and rng.random() < 0.7:
         wear.append(_article(f"{_c(a['scarf_colour'], rng)} scarf"))
+        said.update(("accessory", "scarf_colour"))
     order = rng.permutation(len(wear))
     wear = [wear[i] for i in order]
     hair = None
     if rng.random() < 0.7:
         hair = f"{a['hair_length']} {_w(_HAIR_WORDS[a['hair_colour']], rng)} hair"
+        said.update(("hair_length", "hair_colour"))
     bag = None
     if a["bag"] != "none" and rng.random() < 0.85:
         bag = _article(f"{_c(a['bag_colour'], rng)} {_w(_BAG[a['bag']], rng)}")
+        said.update(("bag", "bag_colour"))
     elif a["bag"] == "none" and rng.random() < 0.1:
         bag = "no bag"
+        said.add("bag")
 
     gendered = rng.random() < 0.9
     noun = _w(_NOUNS[a["gender"]], rng) if gendered else _w(["person", "pedestrian"], rng)
+    if gendered:
+        said.add("gender")
     if rng.random() < 0.45:
         noun = f"{_w(_BUILD[a['build']], rng)} {noun}"
+        said.add("build")
     subject = f"{_w(['A', 'The', 'This'], rng)} {noun}"
     pron = _PRON[a["gender"]] if gendered else "The person"
     split_at = int(rng.integers(1, len(wear) + 1)) if wear else 0
@@ -247,6 +264,33 @@ def make_caption(a: dict[str, str], rng: np.random.Generator) -> str:
         return s1
     rest = [rest[i] for i in rng.permutation(len(rest))]
     return f"{s1} {pron} {_join(rest)}."
+
+
+def text_ambiguity(identities: list[dict[str, Any]], split: str = "test", captions_per_id: int = 8,
+                   seed: int = 0) -> dict[str, float]:
+    """How well a perfect attribute reader could retrieve with these captions (a difficulty ceiling).
+
+    For fresh captions of each identity of ``split``, counts the identities of that split that
+    agree with every attribute the caption states. A model that reads captions and images
+    perfectly but breaks ties at random reaches t2i R1 = mean(1 / consistent identities).
+
+    Returns:
+        ``{"r1_ceiling": percent, "unique_fraction": share of captions naming exactly one
+        identity, "mean_consistent": mean number of consistent identities}``.
+    """
+    pool = [i for i in identities if i["split"] == split]
+    rng = np.random.default_rng([seed, 7003])
+    inv, unique, counts = [], 0, []
+    for ident in pool:
+        for _ in range(captions_per_id):
+            said: set[str] = set()
+            make_caption(ident, rng, said)
+            n = sum(all(other[k] == ident[k] for k in said) for other in pool)
+            inv.append(1.0 / n)
+            unique += n == 1
+            counts.append(n)
+    return {"r1_ceiling": 100.0 * float(np.mean(inv)), "unique_fraction": unique / len(inv),
+            "mean_consistent": float(np.mean(counts))}
 
 
 # --------------------------------------------------------------------------------------------------
