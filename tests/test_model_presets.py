@@ -190,3 +190,16 @@ def test_legacy_fp16_converts_like_irra_and_stays_close_to_fp32(preset):
     assert b.dtype == torch.float32
     torch.testing.assert_close(b, a, atol=0.05, rtol=0.05)  # fp16 rounding of weights and activations
     assert all(torch.isfinite(v).all() for k, v in out.items() if k.endswith("_loss"))
+
+
+@pytest.mark.parametrize("preset", ["irra-cpu", "php-cpu"])
+def test_trimming_text_padding_is_exact(preset):
+    cfg, model = build(preset)
+    model.eval()
+    ids = make_batch(cfg, batch_size=3)["caption_ids"]
+    assert int(ids.argmax(dim=1).max()) + 1 < ids.shape[1]  # there is padding to trim
+    with torch.no_grad():
+        trimmed = model.encode_text(ids)
+        model.trim_text_padding = False
+        full = model.encode_text(ids)
+    torch.testing.assert_close(trimmed, full, atol=1e-5, rtol=0)

@@ -80,7 +80,10 @@ def capture_attention(model: nn.Module) -> Iterator[AttentionCapture]:
     if visual is not None and hasattr(visual, "grid"):
         capture.meta = {"grid": tuple(visual.grid), "img_size": tuple(visual.image_size)}
     saved = []
+    trimmed = [m for m in model.modules() if getattr(m, "trim_text_padding", False)]
     try:
+        for module in trimmed:  # text maps keep the full caption length L
+            module.trim_text_padding = False
         for name, module in model.named_modules():
             if isinstance(module, Attention):
                 key = _key(name) or name
@@ -93,6 +96,8 @@ def capture_attention(model: nn.Module) -> Iterator[AttentionCapture]:
     finally:
         for module, previous in saved:
             module.recorder = previous
+        for module in trimmed:
+            module.trim_text_padding = True
 
 
 @contextlib.contextmanager
