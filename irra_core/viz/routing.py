@@ -214,7 +214,7 @@ def plot_patch_expert_map(image: np.ndarray, expert: torch.Tensor, share: torch.
     h, w = image.shape[:2]
     colors = np.asarray(expert_colors(num_experts))
     rgba = colors[expert.reshape(gh, gw).numpy()].copy()
-    rgba[..., 3] = 0.25 + 0.5 * share.reshape(gh, gw).numpy()
+    rgba[..., 3] = 0.15 + 0.45 * share.reshape(gh, gw).numpy()
     ax.imshow(image)
     ax.imshow(rgba, extent=(-0.5, w - 0.5, h - 0.5, -0.5), interpolation="nearest")
     ax.set_xticks([])

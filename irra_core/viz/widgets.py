@@ -159,10 +159,10 @@ class RoutingExplorer:
                 ax.barh(row, frac[e], left=left, color=colors[e])
                 left += frac[e]
         ax.set_yticks(range(len(cover)))
-        ax.set_yticklabels(list(cover))
+        ax.set_yticklabels(list(cover), fontsize=8)
         ax.set_xlim(0, 1)
         ax.set_xlabel("share assigned to each expert")
-        fig.suptitle(f"{self.run.name}: EFP layer {self.layer}, experts via CRFM weights", fontsize=9)
+        fig.suptitle(f"{self.run.name}: EFP layer {self.layer}, experts via CRFM weights", y=1.06, fontsize=10)
         return fig
 
     def _refresh(self) -> None:
