@@ -39,12 +39,18 @@ class _EpochSampler(Sampler):
         """This rank's dataset indices for ``epoch``."""
         raise NotImplementedError
 
+    def _indices(self, epoch: int) -> list[int]:
+        # memoised: loops and progress bars call len() often, and the identity order costs O(N)
+        if getattr(self, "_memo", (None,))[0] != epoch:
+            self._memo = (epoch, self.epoch_indices(epoch))
+        return self._memo[1]
+
     def __iter__(self) -> Iterator[tuple[int, int]]:
         epoch = self._begin()
-        return iter([(i, epoch) for i in self.epoch_indices(epoch)])
+        return iter([(i, epoch) for i in self._indices(epoch)])
 
     def __len__(self) -> int:
-        return len(self.epoch_indices(self._peek()))
+        return len(self._indices(self._peek()))
 
 
 class RandomSampler(_EpochSampler):
