@@ -106,3 +106,22 @@ def test_routing_explorer_coverage_bars(tmp_path, monkeypatch):
     fig = W.RoutingExplorer(_run(tmp_path)).render()
     widths = [round(p.get_width(), 3) for p in fig.axes[2].patches]
     assert widths == [0.375, 0.625, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0]  # image: 3/8 e0, 5/8 e1; caption: all e3
+
+
+def test_routing_explorer_widget_drives_updates(tmp_path, monkeypatch):
+    pytest.importorskip("ipywidgets")
+    import irra_core.viz.inspect as I
+
+    monkeypatch.setattr(I, "image_expert_map", lambda run, i, l: (torch.full((8,), i % 4), torch.ones(8), (4, 2), 4))
+    monkeypatch.setattr(I, "caption_expert_map", lambda run, c, l: (c.split(), torch.zeros(len(c.split()), dtype=torch.long),
+                                                                   torch.ones(len(c.split())), 4))
+    ex = W.RoutingExplorer(_run(tmp_path))
+    rendered = []
+    original = ex.render
+    monkeypatch.setattr(ex, "render", lambda: rendered.append((ex.image_index, ex.layer)) or original())
+    box = ex.widget(num_layers=2)
+    image_box, layer_box = box.children[0].children
+    image_box.value = 4  # the control calls select_image
+    layer_box.value = 1
+    assert (ex.image_index, ex.layer) == (4, 1)
+    assert rendered == [(0, 0), (4, 0), (4, 1)]  # drawn once on creation, then on every change
