@@ -93,7 +93,9 @@ class ModelConfig:
 
 @dataclass
 class LossConfig:
-    names: str = "sdm+mlm+id"  # '+'-separated: sdm itc id mlm cmpm aux
+    # '+'-separated: sdm itc id mlm cmpm aux. IRRA's default adds mlm, which needs data.mlm (--MLM): the
+    # schema defaults must validate on their own, so mlm is opted into together with data.mlm (presets do)
+    names: str = "sdm+id"
     sdm_weight: float = 1.0
     itc_weight: float = 1.0  # PHP's release hard-codes 5
     id_weight: float = 1.0

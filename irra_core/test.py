@@ -47,12 +47,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--root_dir", help="dataset root, if it moved since training")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--test_batch_size", type=int)
+    parser.add_argument("--num_workers", type=int, help="loader workers (IRRA's configs.yaml says 8)")
     parser.add_argument("--out_dir", help="where to write metrics.json / queries.csv")
     args = parser.parse_args(argv)
     try:
         metrics, out_dir = evaluate_run(Path(args.config_file), checkpoint=args.checkpoint, split=args.split,
                                         root_dir=args.root_dir, device=args.device,
-                                        batch_size=args.test_batch_size, out_dir=args.out_dir)
+                                        batch_size=args.test_batch_size, out_dir=args.out_dir,
+                                        num_workers=args.num_workers)
     except (ConfigError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -62,7 +64,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def evaluate_run(config_file: Path, *, checkpoint: str = "best", split: str = "test", root_dir: str | None = None,
-                 device: str = "auto", batch_size: int | None = None, out_dir: str | None = None) -> tuple[dict, Path]:
+                 device: str = "auto", batch_size: int | None = None, out_dir: str | None = None,
+                 num_workers: int | None = None) -> tuple[dict, Path]:
     """Load the run named by ``config_file`` and evaluate it on ``split``; returns (metrics, out_dir)."""
     import torch
 
@@ -77,6 +80,8 @@ def evaluate_run(config_file: Path, *, checkpoint: str = "best", split: str = "t
         overrides = {}
         if root_dir:
             overrides["data.root"] = root_dir
+        if num_workers is not None:
+            overrides["data.num_workers"] = num_workers
         model = load_reference_run(run_dir, **overrides)
         cfg = model.cfg
         tag = f"{split}_reference"
@@ -90,6 +95,8 @@ def evaluate_run(config_file: Path, *, checkpoint: str = "best", split: str = "t
         cfg = run.load_config()
         if root_dir:
             set_value(cfg, "data.root", root_dir)
+        if num_workers is not None:
+            set_value(cfg, "data.num_workers", num_workers)
         set_value(cfg, "model.pretrained", "")  # the weights come from the checkpoint
         path = {"best": run.best_checkpoint, "last": run.last_checkpoint}.get(checkpoint, Path(checkpoint))
         if checkpoint == "best" and not path.exists() and run.last_checkpoint.exists():
