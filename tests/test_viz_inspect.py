@@ -78,3 +78,26 @@ def test_decode_tokens_roundtrip():
 
     words = decode_tokens(tokenize(["a man in red"], 16)[0])
     assert words == ["<|startoftext|>", "a", "man", "in", "red", "<|endoftext|>"]
+
+
+def test_load_runs_names_the_training_notebooks(tmp_path):
+    from irra_core.viz.inspect import load_runs
+
+    with pytest.raises(FileNotFoundError, match="10_train_irra"):
+        load_runs(tmp_path / "empty-run")
+
+
+def test_queries_csv_of_another_split_is_not_used(tmp_path, capsys):
+    import pandas as pd
+
+    from irra_core.viz.inspect import find_queries_csv
+
+    split = {"captions": ["a", "b"]}
+    row = {"query_index": 0, "pid": 1, "caption": "x", "first_hit_rank": 1, "AP": 1.0, "INP": 1.0,
+           "top10_indices": "[0]", "top10_scores": "[0.5]"}
+    (tmp_path / "eval" / "val-best").mkdir(parents=True)
+    pd.DataFrame([row]).to_csv(tmp_path / "eval" / "val-best" / "queries.csv", index=False)
+    assert find_queries_csv(tmp_path, "best", split) is None
+    assert "another split" in capsys.readouterr().out
+    pd.DataFrame([{**row, "caption": "a"}, {**row, "caption": "b", "query_index": 1}]).to_csv(tmp_path / "queries.csv", index=False)
+    assert find_queries_csv(tmp_path, "best", split) == tmp_path / "queries.csv"

@@ -180,10 +180,9 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", *, split: str = "tes
 
         dataset = prepare_dataset(cfg)
     model = build_model(cfg, dataset.num_classes)
-    state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-    if isinstance(state, dict) and "model" in state:
-        state = state["model"]
-    model.load_state_dict(state)
+    from irra_core.checkpoint import load_checkpoint
+
+    model.load_state_dict(load_checkpoint(ckpt_path)["model"])  # weights-only unpickling, format checked
     model.to(device).eval()
     split_dict = getattr(dataset, split)
     queries_csv = find_queries_csv(run_dir, checkpoint, split_dict)
