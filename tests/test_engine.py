@@ -50,7 +50,8 @@ class ScriptedEvaluate:
         return {"t2i": metrics, "i2t": dict(metrics)}
 
 
-@pytest.mark.parametrize("select_on", ["val", "last", "test"])
+@pytest.mark.parametrize("select_on", ["val", pytest.param("last", marks=pytest.mark.slow),
+                                       pytest.param("test", marks=pytest.mark.slow)])
 def test_selection_best_and_last(tmp_path, monkeypatch, select_on):
     scripted = ScriptedEvaluate([10.0, 30.0, 20.0])
     monkeypatch.setattr(irra_core.evaluation, "evaluate", scripted, raising=False)
@@ -159,6 +160,7 @@ def test_gradient_accumulation_and_clipping(tmp_path, monkeypatch):
     assert result.log[0]["samples"] == len(prepare_dataset(cfg).train)
 
 
+@pytest.mark.slow
 def test_bf16_autocast_runs_on_cpu(tmp_path, monkeypatch):
     monkeypatch.setattr(irra_core.evaluation, "evaluate", ScriptedEvaluate([1.0]), raising=False)
     cfg = _cfg(tmp_path, "irra-cpu", **{"train.max_steps": 1, "model.precision": "bf16"})
@@ -169,6 +171,7 @@ def test_bf16_autocast_runs_on_cpu(tmp_path, monkeypatch):
                if v.is_floating_point())
 
 
+@pytest.mark.slow
 def test_legacy_fp16_keeps_irra_weight_layout(tmp_path, monkeypatch):
     monkeypatch.setattr(irra_core.evaluation, "evaluate", ScriptedEvaluate([1.0]), raising=False)
     cfg = _cfg(tmp_path, "irra-cpu", **{"train.max_steps": 1, "model.precision": "legacy_fp16",
