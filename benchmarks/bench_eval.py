@@ -7,7 +7,8 @@ implementations of the same definitions:
 * ``irra_style``: IRRA's structure (full argsort, cumsum, and a per-query Python loop for mINP),
   written anew here; perf.json's ``irra_rank_seconds`` were measured on IRRA's own code.
 
-Each measurement runs in a fresh subprocess; peak memory is ``ru_maxrss`` after the call minus the
+Each measurement runs in a fresh subprocess (wall and CPU seconds; on a shared machine the CPU
+time is the steadier number); peak memory is ``ru_maxrss`` after the call minus the
 resident size just before it (the inputs are built without large temporaries). Scores come from
 L2-normalised features ``prototype[pid] + noise`` tuned to give metrics in the range of trained models.
 
@@ -92,6 +93,7 @@ def _child(size: str, method: str, threads: int) -> dict:
             torch.matmul(q_feats[start : start + 1024], g_feats.T, out=similarity[start : start + 1024])
     rss_before = _rss_bytes()
     peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    cpu_start = resource.getrusage(resource.RUSAGE_SELF)
     start = time.perf_counter()
     if method == "chunked":
         out = rank_metrics(similarity, q_pids, g_pids)
@@ -104,9 +106,11 @@ def _child(size: str, method: str, threads: int) -> dict:
     else:
         raise ValueError(f"unknown method {method!r}")
     seconds = time.perf_counter() - start
+    cpu_end = resource.getrusage(resource.RUSAGE_SELF)
+    cpu_seconds = (cpu_end.ru_utime - cpu_start.ru_utime) + (cpu_end.ru_stime - cpu_start.ru_stime)
     peak_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return {
-        "size": size, "method": method, "seconds": round(seconds, 3),
+        "size": size, "method": method, "seconds": round(seconds, 3), "cpu_seconds": round(cpu_seconds, 3),
         "extra_peak_MB": round(max(0, peak_after - rss_before) / 2**20, 1),
         "peak_masked_by_setup": peak_after <= peak_before,
         "input_MB": round((similarity.numel() * 4 if similarity is not None else
@@ -138,6 +142,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--naive-icfg", action="store_true", help="also run the full-argsort methods at ICFG size (~12 GB, minutes)")
     parser.add_argument("--sizes", default=None, help="comma list of cuhk,icfg (default both)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--methods", default=None, help="comma list (default: all that apply)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--child", nargs=2, metavar=("SIZE", "METHOD"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -152,6 +157,8 @@ def main(argv: list[str] | None = None) -> dict:
         methods = ["chunked", "chunked_features"]
         if size != "icfg" or args.naive_icfg:
             methods += ["full_sort", "irra_style"]
+        if args.methods:
+            methods = [m for m in methods if m in args.methods.split(",")]
         for method in methods:
             rows.append(_run(size, method, args.threads, 1 if method == "irra_style" and size == "icfg" else repeats))
     report = {"threads": args.threads, "torch_threads_note": "fresh subprocess per measurement; best of repeats", "results": rows}
@@ -160,12 +167,13 @@ def main(argv: list[str] | None = None) -> dict:
         for ref in ("full_sort", "irra_style"):
             if ref in by:
                 report[f"{size}_speedup_vs_{ref}"] = round(by[ref]["seconds"] / by["chunked"]["seconds"], 2)
+                report[f"{size}_cpu_speedup_vs_{ref}"] = round(by[ref]["cpu_seconds"] / by["chunked"]["cpu_seconds"], 2)
                 report[f"{size}_max_metric_diff_vs_{ref}"] = max(
                     abs(by[ref]["metrics"][k] - by["chunked"]["metrics"][k]) for k in by["chunked"]["metrics"])
-    print(f"{'size':6} {'method':17} {'seconds':>8} {'extra peak MB':>14} {'input MB':>9}  R1 / mAP / mINP")
+    print(f"{'size':6} {'method':17} {'seconds':>8} {'cpu s':>8} {'extra peak MB':>14} {'input MB':>9}  R1 / mAP / mINP")
     for r in rows:
         m = r["metrics"]
-        print(f"{r['size']:6} {r['method']:17} {r['seconds']:8.3f} {r['extra_peak_MB']:14.1f} {r['input_MB']:9.1f}"
+        print(f"{r['size']:6} {r['method']:17} {r['seconds']:8.3f} {r['cpu_seconds']:8.3f} {r['extra_peak_MB']:14.1f} {r['input_MB']:9.1f}"
               f"  {m['R1']:.3f} / {m['mAP']:.3f} / {m['mINP']:.3f}")
     print(json.dumps(report))
     return report

@@ -10,11 +10,13 @@ Here every metric is computed from the *rank of each positive* alone:
 * With the positives' ranks ``r_1 < ... < r_n`` (1-based): ``AP = mean_i i / r_i``,
   ``INP = n / r_n``, and the query contributes to ``CMC[k]`` iff ``r_1 <= k + 1`` — the same numbers
   IRRA's cumsum over the argsorted match matrix produces.
-* Only items scoring at least a query's lowest positive can outrank a positive. Per row these are
-  counted in one pass; for rows where they are few (most rows of a trained model) the counting runs
-  on the row's top-K (``torch.topk``) instead of all G items. Counting is one sign-sum pass per
-  positive over a cache-sized chunk. Rows where a positive's score is shared by another item (rare
-  with float features) get the exact index-order tie count by direct comparison.
+* Only items scoring at least a query's lowest positive can outrank a positive. Per chunk of
+  queries these are selected (one comparison pass; few per row for a trained model), and each gets
+  its bucket = number of its row's positives scoring below it, by one binary search into all
+  rows' sorted positives at once (exact integer keys: row, then the float's order). A per-row
+  histogram of buckets gives every positive's "how many score strictly higher". Rows where a
+  positive's score is shared by another item (rare with float features) get the exact
+  index-order tie count by direct comparison.
 
 Queries are processed in chunks, and the similarity rows can be produced on the fly from features,
 so neither the full Q x G matrix nor any Q x G argsort needs to exist.
@@ -28,14 +30,10 @@ import torch
 
 METRIC_KEYS = ("R1", "R5", "R10", "mAP", "mINP")
 
-# Bytes of temporaries per similarity element of a chunk (the scores, a row-subset copy, one
-# sign buffer, a mask); sets the default chunk size from a memory budget.
-_BYTES_PER_ELEMENT = 16
+# Bytes of temporaries per similarity element of a chunk in the worst case (every item selected:
+# mask, value, row, key, search position, bucket); sets the default chunk size from a budget.
+_BYTES_PER_ELEMENT = 48
 DEFAULT_CHUNK_BUDGET_BYTES = 192 * 2**20
-# Rows whose lowest positive is outscored by at most max(_TOPK_MIN, G / _TOPK_FRACTION) items are
-# ranked within their top-K; beyond that a full pass is cheaper than the top-K selection.
-_TOPK_MIN = 64
-_TOPK_FRACTION = 16
 
 
 @dataclass
@@ -115,63 +113,61 @@ def _stable_topk(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tens
     return top_v, top_i
 
 
-def _count_above(values: torch.Tensor, thresholds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per row and threshold: how many ``values`` are > it and == it.
-
-    ``values`` (C, K) float, ``thresholds`` (C, n) float -> two (C, n) int64 tensors. One pass per
-    threshold over a cache-sized chunk: sign(v - t) summed (exact in float32 below 2^24 items) gives
-    #greater - #less, its absolute values give #greater + #less.
-    """
-    c, k = values.shape
-    greater = torch.empty(thresholds.shape, dtype=torch.int64, device=values.device)
-    equal = torch.empty_like(greater)
-    for m in range(thresholds.shape[1]):
-        sign = (values - thresholds[:, m : m + 1]).sign_()
-        diff = sign.sum(dim=1)
-        unequal = sign.abs_().sum(dim=1)
-        greater[:, m] = ((diff + unequal) / 2).round().long()
-        equal[:, m] = k - unequal.round().long()
-    return greater, equal
+def _order_keys(values: torch.Tensor) -> torch.Tensor:
+    """int64 keys in [0, 2^32) ordered exactly like the float32 ``values`` (finite; -0.0 == +0.0)."""
+    bits = (values.float() + 0.0).view(torch.int32).long()  # + 0.0 turns -0.0 into +0.0
+    # negative floats order reversed by their bit pattern: flip the 31 magnitude bits
+    return torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits) + 2**31
 
 
 def _rank_chunk(scores: torch.Tensor, pos_idx: torch.Tensor) -> torch.Tensor:
     """0-based stable ranks of each query's positives, sorted ascending, padded with G.
 
-    ``scores`` (C, G) float; ``pos_idx`` (C, n) gallery indices of positives padded with -1.
+    ``scores`` (C, G) float32; ``pos_idx`` (C, n) gallery indices of positives padded with -1.
     Returns (C, n) int64.
     """
     c, g = scores.shape
+    n = pos_idx.shape[1]
     device = scores.device
     valid = pos_idx >= 0
     pos_scores = scores.gather(1, pos_idx.clamp(min=0))
-    pos_scores = pos_scores.masked_fill(~valid, float("inf"))  # padding sorts last, never counted
+    pos_scores = pos_scores.masked_fill(~valid, float("inf"))  # padding sorts last
     pos_sorted, perm = torch.sort(pos_scores, dim=1)  # ascending
     sorted_idx = pos_idx.gather(1, perm)
     sorted_valid = valid.gather(1, perm)
+    num_valid = sorted_valid.sum(dim=1)
 
-    # Only items scoring >= a row's lowest positive can outrank any positive. For most rows of a
-    # trained model they are few: count them, and rank inside the row's top-K instead of all G.
-    reach = (scores >= pos_sorted[:, :1]).sum(dim=1, dtype=torch.int32)
-    greater = torch.empty(c, pos_idx.shape[1], dtype=torch.int64, device=device)
-    equal = torch.empty_like(greater)
-    easy = reach <= max(_TOPK_MIN, g // _TOPK_FRACTION)
-    for rows, use_topk in ((easy.nonzero().flatten(), True), ((~easy).nonzero().flatten(), False)):
-        if len(rows) == 0:
-            continue
-        block = scores[rows]
-        if use_topk:
-            block = torch.topk(block, int(reach[rows].max()), dim=1, sorted=False).values
-        greater[rows], equal[rows] = _count_above(block, pos_sorted[rows])
+    # Only items scoring >= the row's lowest positive can outrank a positive: select them (few for
+    # a trained model; at worst the whole chunk), as a flat list with their row.
+    flat = (scores >= pos_sorted[:, :1]).view(-1).nonzero().squeeze(1)
+    rows = torch.div(flat, g, rounding_mode="floor")
+    values = scores.view(-1).index_select(0, flat)  # index_select: far faster than [] here
 
-    # Equal scores (another item, or two positives): the stable rule puts lower gallery indices
-    # first, so add the tied items with a lower index - an exact count on those rows only.
+    # Bucket of each selected item = #positives of its row scoring below it, by one binary search
+    # into all rows' positives at once (keys = row, then the score's exact order).
+    elem_keys = (rows << 32) + _order_keys(values)
+    pos_rows = torch.arange(c, device=device).unsqueeze(1).expand(c, n)[sorted_valid]
+    pos_keys = (pos_rows << 32) + _order_keys(pos_sorted[sorted_valid])  # ascending: row-major, sorted rows
+    row_start = torch.cumsum(num_valid, 0) - num_valid
+    where = torch.searchsorted(pos_keys, elem_keys)
+    bucket = where - row_start.index_select(0, rows)
+    hist = torch.zeros(c * (n + 1), dtype=torch.int64, device=device)
+    hist.scatter_add_(0, rows * (n + 1) + bucket, torch.ones_like(bucket))
+    # #{k : s_k > p_m} = #{k : bucket_k > m}: a suffix sum over buckets m+1..n
+    greater = hist.view(c, n + 1).flip(1).cumsum(1).flip(1)[:, 1:].clone()
+
+    # Ties. An item equal to a positive's score sits right at `where`; every positive matches
+    # itself, so more matches than positives (or two positives with one score) means the
+    # index-order rule must be applied: an exact count on those rows only.
+    same = pos_keys.index_select(0, where.clamp(max=len(pos_keys) - 1)) == elem_keys
+    matches = torch.zeros(c, dtype=torch.int64, device=device).scatter_add_(0, rows, same.long())
+    twin = ((pos_sorted[:, 1:] == pos_sorted[:, :-1]) & sorted_valid[:, 1:]).any(dim=1)
     ranks = greater
-    tied_rows = ((equal > 1) & sorted_valid).any(dim=1).nonzero().flatten()
-    for row in tied_rows.tolist():
+    for row in ((matches > num_valid) | twin).nonzero().flatten().tolist():
         cols = sorted_valid[row].nonzero().flatten()
-        same = scores[row].unsqueeze(0) == pos_sorted[row, cols].unsqueeze(1)  # (t, G)
+        equal = scores[row].unsqueeze(0) == pos_sorted[row, cols].unsqueeze(1)  # (t, G)
         before = torch.arange(g, device=device).unsqueeze(0) < sorted_idx[row, cols].unsqueeze(1)
-        ranks[row, cols] += (same & before).sum(dim=1)
+        ranks[row, cols] += (equal & before).sum(dim=1)
     ranks = ranks.masked_fill(~sorted_valid, g)
     return torch.sort(ranks, dim=1).values
 
