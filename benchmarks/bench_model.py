@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -85,7 +86,7 @@ def _timed(fn, device: torch.device, repeats: int) -> list[float]:
     return times
 
 
-def bench_case(name: str, device: torch.device, steps: int, smoke: bool) -> dict:
+def bench_case(name: str, device: torch.device, steps: int, smoke: bool, trim: bool = True) -> dict:
     preset, overrides, cpu_batch = CASES[name]
     cfg = load_config(preset, overrides, smoke=smoke)
     batch_size = cfg.data.batch_size if (device.type == "cuda" or smoke or cpu_batch is None) else cpu_batch
@@ -94,6 +95,7 @@ def bench_case(name: str, device: torch.device, steps: int, smoke: bool) -> dict
     torch.manual_seed(0)
     model = build_model(load_config(preset, {**overrides, "model.precision": "fp32"}, smoke=smoke), num_classes=64)
     model.to(device)
+    model.trim_text_padding = trim
     batch = synthetic_batch(cfg, batch_size, device)
 
     def autocast():
@@ -117,6 +119,7 @@ def bench_case(name: str, device: torch.device, steps: int, smoke: bool) -> dict
     step_t = _timed(step, device, steps)
     step_s = statistics.median(step_t)
     return {"case": name, "preset": preset, "device": device.type, "precision": precision, "batch": batch_size,
+            "trim_text_padding": trim,
             "loss_names": cfg.loss.names, "img_size": list(cfg.data.img_size),
             "params_M": round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
             "encode_image_per_s": round(batch_size / statistics.median(image_t), 1),
@@ -140,6 +143,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--smoke", action="store_true", help="tiny sizes (load_config(..., smoke=True))")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--no-cuda", action="store_true")
+    parser.add_argument("--no-trim", action="store_true",
+                        help="encode captions at full length (the reference's cost) instead of trimming padding")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -150,7 +155,7 @@ def main(argv: list[str] | None = None) -> dict:
     results = []
     for device in devices:
         for name in names:
-            row = bench_case(name, device, args.steps, args.smoke)
+            row = bench_case(name, device, args.steps, args.smoke, trim=not args.no_trim)
             reference = reference_speed(name) if (device.type == "cpu" and not args.smoke) else None
             row["reference_pairs_per_s_cpu"] = reference
             row["speedup_vs_reference"] = round(row["train_pairs_per_s"] / reference, 2) if reference else None
@@ -161,7 +166,9 @@ def main(argv: list[str] | None = None) -> dict:
         cells = (r["case"], r["device"], r["precision"], r["batch"], r["encode_image_per_s"], r["encode_text_per_s"],
                  r["train_step_s"], r["train_pairs_per_s"], r["reference_pairs_per_s_cpu"], r["speedup_vs_reference"])
         print("  ".join(f"{str(c):>10}" for c in cells))
+    # shared machines: the load average says how much of the CPU this run actually had
     summary = {"benchmark": "model", "torch": torch.__version__, "threads": torch.get_num_threads(),
+               "loadavg_1min_after": round(os.getloadavg()[0], 2), "cpu_count": os.cpu_count(),
                "cuda": torch.cuda.get_device_name(0) if len(devices) > 1 else None, "smoke": args.smoke,
                "results": results}
     print(json.dumps(summary))

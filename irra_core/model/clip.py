@@ -170,7 +170,10 @@ class VisionTransformer(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """images (B, 3, H, W) -> tokens (B, 1 + rows*cols, output_dim), CLS first, after ln_post @ proj."""
-        x = self.conv1(images.to(self.conv1.weight.dtype))  # (B, width, rows, cols)
+        dtype = self.conv1.weight.dtype
+        # the residual stream stays in the weights' dtype (fp32, or fp16 under legacy_fp16) even when the conv
+        # runs under autocast, so additions promote bf16/fp16 sub-layer outputs back to fp32
+        x = self.conv1(images.to(dtype)).to(dtype)  # (B, width, rows, cols)
         if tuple(x.shape[-2:]) != self.grid:
             raise ValueError(f"images of size {tuple(images.shape[-2:])} give a {tuple(x.shape[-2:])} patch grid; "
                              f"this model was built for {self.image_size} (grid {self.grid})")
