@@ -377,6 +377,8 @@ def _fit(cfg: Config, run_dir: Path, callbacks: list, resume: bool, dataset: Any
             run.trim_log(ckpt["epoch"])
             _repair_best(run, state.best_epoch)
         del ckpt
+    elif main:
+        run.trim_log(0)  # killed in epoch 1 (maybe after its log line): nothing finished, start clean
     barrier()
 
     train_model: nn.Module = model

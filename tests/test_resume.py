@@ -76,3 +76,15 @@ def test_finished_run_is_not_retrained(tmp_path):
     assert steps == []  # nothing left to train
     assert again.metrics == first.metrics
     assert len(again.log) == len(first.log) == 1
+
+
+def test_kill_before_the_first_checkpoint_restarts_cleanly(tmp_path):
+    cfg = load_config("php-cpu", {"data.root": str(tmp_path / "data"), "train.max_steps": 2, "data.batch_size": 4,
+                                  "train.progress": "none", "data.synthetic_identities": 10}, smoke=True)
+    with pytest.raises(_Kill):
+        fit(cfg, tmp_path / "run", callbacks=[_KillAt(epoch=1, epoch_step=1)])
+    assert not (tmp_path / "run" / "checkpoints" / "last.pt").exists()
+    with (tmp_path / "run" / "log.jsonl").open("w") as handle:  # as if killed just after logging epoch 1
+        handle.write('{"epoch": 1, "loss": 1.0}\n{"epoch": 2, "lo')
+    result = fit(cfg, tmp_path / "run", resume=True)
+    assert [r["epoch"] for r in result.log] == [1] and result.log[0]["loss"] != 1.0
