@@ -209,7 +209,7 @@ def rank_per_query(
             )
         num_q, num_g = q_feats.shape[0], g_feats.shape[0]
         device = q_feats.device
-        g_feats = g_feats.to(device)
+        g_feats = g_feats.to(device=device, dtype=torch.float32)  # fp16/bf16 features: score in fp32
     if len(q_pids) != num_q or len(g_pids) != num_g:
         raise ValueError(
             f"pid counts ({len(q_pids)} queries, {len(g_pids)} gallery) do not match the scores "
@@ -227,7 +227,7 @@ def rank_per_query(
         if similarity is not None:
             scores = similarity[start:stop]
         else:
-            scores = q_feats[start:stop] @ g_feats.T
+            scores = q_feats[start:stop].float() @ g_feats.T
         scores = scores.float().contiguous()
         # A finite sum implies finite entries (cheap); only then is the full check skipped.
         if not bool(torch.isfinite(scores.sum())) and not bool(torch.isfinite(scores).all()):
