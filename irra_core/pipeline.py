@@ -125,6 +125,32 @@ def workbook_config(arch: str, preset: str = "cpu", dataset: str = "synthetic", 
     return load_config(preset_for(arch, preset), values, smoke=smoke)
 
 
+def selected_checkpoint(training_metrics: Mapping[str, Any]) -> str:
+    """``"best"`` or ``"last"``: the checkpoint a training run's ``metrics.json`` reports as selected."""
+    policy = (training_metrics.get("selection") or {}).get("policy")
+    return "last" if policy == "last" or not training_metrics.get("best") else "best"
+
+
+def headline_metrics(evaluations: Mapping[str, Mapping[str, Mapping]], selected: Mapping[str, str],
+                     headline: str = "php") -> dict:
+    """The workbook run's ``metrics.json``: ``{"t2i", "i2t", "headline", "models"}``.
+
+    Args:
+        evaluations: ``{model: {"best": {"t2i", "i2t"}, "last": {...}}}`` (test split, percent).
+        selected: ``{model: "best" | "last"}`` (:func:`selected_checkpoint` of each training run).
+        headline: the model whose selected checkpoint gives the top-level ``t2i`` / ``i2t``; the first
+            evaluated model when it is absent.
+    """
+    if not evaluations:
+        raise PipelineError("no evaluated model: train one first (notebooks 10_train_irra / 11_train_php)")
+    chosen = headline if headline in evaluations else next(iter(evaluations))
+    models = {m: {"best": dict(e["best"]), "last": dict(e["last"]), "selected": selected[m]}
+              for m, e in evaluations.items()}
+    top = models[chosen][models[chosen]["selected"]]
+    return {"t2i": dict(top["t2i"]), "i2t": dict(top["i2t"]), "headline": f"{chosen} ({models[chosen]['selected']})",
+            "models": models}
+
+
 #: packages whose versions 00_environment_check reports (distribution names)
 REPORTED_PACKAGES = ("torch", "torchvision", "numpy", "pillow", "open_clip_torch", "pandas", "matplotlib",
                      "seaborn", "ipywidgets", "ipykernel", "papermill", "nbstripout", "pyyaml")
@@ -570,13 +596,15 @@ def format_summary(result: PipelineResult) -> str:
     lines.append(f"  {'total (this call)':<28} {'':<8} {total:7.1f} s")
     metrics = result.metrics
     if metrics:
-        lines.append(f"Headline metrics ({result.run_dir / 'metrics.json'}):")
+        which = f" - {metrics['headline']}" if metrics.get("headline") else ""
+        lines.append(f"Headline metrics{which} ({result.run_dir / 'metrics.json'}):")
         for direction in ("t2i", "i2t"):
             if isinstance(metrics.get(direction), Mapping):
                 lines.append(f"  {direction}: " + _metric_line(metrics[direction]))
         for model, values in (metrics.get("models") or {}).items():
-            if isinstance(values, Mapping) and isinstance(values.get("t2i"), Mapping):
-                lines.append(f"  {model:<14} t2i " + _metric_line(values["t2i"]))
+            chosen = values.get(values.get("selected", ""), values) if isinstance(values, Mapping) else {}
+            if isinstance(chosen.get("t2i"), Mapping):
+                lines.append(f"  {model:<14} t2i " + _metric_line(chosen["t2i"]) + f"  ({values.get('selected')})")
     else:
         lines.append("Headline metrics: none yet (the evaluation notebook writes metrics.json)")
     return "\n".join(lines)

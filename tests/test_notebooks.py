@@ -1,0 +1,142 @@
+"""Every numbered notebook, executed headless through the runner in smoke mode, in order, into one run folder.
+
+Each test runs its notebook (and any earlier one not finished yet: later notebooks read what earlier ones
+wrote) with ``SMOKE=True`` and ``INTERACTIVE=False``, then checks the files it wrote: figures saved as PNG
+*and* shown in the executed copy, JSON reports, metrics in range. The synthetic smoke set is generated once,
+into a temporary data root shared by the module.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import nbformat
+import numpy as np
+import pytest
+from PIL import Image
+
+from irra_core.pipeline import NOTEBOOK_GLOB, run_pipeline
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = sorted((ROOT / "notebooks").glob(NOTEBOOK_GLOB))
+RUN = "smoke"
+METRIC_KEYS = {"R1", "R5", "R10", "mAP", "mINP"}
+
+#: what each notebook must leave in the run folder: files (relative paths) and figures (stems under figures/)
+EXPECTED: dict[str, dict[str, list[str]]] = {
+    "00_environment_check": {"files": ["environment.json"], "figures": []},
+    "01_prepare_data": {"files": ["data_report.json"], "figures": ["01_split_sizes"]},
+    "02_explore_data": {"files": ["data_summary.json"],
+                        "figures": ["02_samples", "02_caption_lengths", "02_images_per_identity",
+                                    "02_captions_per_identity", "02_attributes", "02_top_words"]},
+    "10_train_irra": {"files": ["irra/config.yaml", "irra/log.jsonl", "irra/metrics.json", "irra/checkpoints/best.pt"],
+                      "figures": ["10_steps_irra", "10_curves_irra"]},
+    "11_train_php": {"files": ["php/config.yaml", "php/log.jsonl", "php/metrics.json", "php/checkpoints/best.pt"],
+                     "figures": ["11_steps_php", "11_curves_php"]},
+    "20_evaluate": {"files": ["metrics.json", "irra/eval/best_test/queries.csv", "php/eval/last_test/queries.csv"],
+                    "figures": ["20_metrics"]},
+    "21_compare_runs": {"files": ["comparison.csv"], "figures": ["21_compare"]},
+    "40_leak_audit": {"files": ["leak_audit.json", "php-batch-efp/metrics.json"], "figures": ["40_leak_audit"]},
+}
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    """One run folder for the whole module; datasets under a module-wide temporary data root."""
+    runs = tmp_path_factory.mktemp("runs")
+    return SimpleNamespace(runs=runs, data=tmp_path_factory.mktemp("data"), run_dir=runs / RUN)
+
+
+def execute_through(notebook: Path, smoke) -> dict:
+    """Run ``notebook`` and every earlier notebook not finished yet; return the run's pipeline state."""
+    selected = [nb.stem for nb in NOTEBOOKS if nb.name <= notebook.name]
+    run_pipeline(only=selected, run_name=RUN, resume=smoke.run_dir.exists(), smoke=True, data_root=smoke.data,
+                 runs_dir=smoke.runs, stream=False, cell_timeout=600)
+    return json.loads((smoke.run_dir / "pipeline.json").read_text())
+
+
+def assert_png(path: Path) -> None:
+    assert path.exists(), f"{path.name} was not written"
+    with Image.open(path) as image:
+        assert image.size[0] > 200 and image.size[1] > 100, f"{path.name} is only {image.size}"
+        assert len(np.unique(np.asarray(image.convert("L")))) > 20, f"{path.name} looks blank"
+
+
+def assert_metrics(metrics: dict, where: str) -> None:
+    for task in ("t2i", "i2t"):
+        values = metrics[task]
+        assert set(values) >= METRIC_KEYS, f"{where}: {task} lacks {METRIC_KEYS - set(values)}"
+        assert all(0.0 <= values[k] <= 100.0 for k in METRIC_KEYS), f"{where}: {task} outside [0, 100]: {values}"
+        assert values["R1"] <= values["R5"] <= values["R10"], f"{where}: {task} recalls not monotone: {values}"
+
+
+@pytest.mark.notebooks
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=[nb.stem for nb in NOTEBOOKS])
+def test_notebook_runs_in_smoke_mode(notebook, smoke):
+    state = execute_through(notebook, smoke)
+    name = notebook.stem
+    assert state["notebooks"][name]["status"] == "done"
+    assert state["parameters"]["SMOKE"] is True
+    executed = nbformat.read(smoke.run_dir / "notebooks" / notebook.name, as_version=4)
+    assert executed.metadata.papermill.parameters["INTERACTIVE"] is False
+    outputs = [o for c in executed.cells if c.cell_type == "code" for o in c.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    shown = sum("image/png" in o.get("data", {}) for o in outputs)
+
+    expected = EXPECTED.get(name, {"files": [], "figures": []})
+    for relative in expected["files"]:
+        assert (smoke.run_dir / relative).exists(), f"{name} did not write {relative}"
+    figures = expected["figures"] or [p.stem for p in (smoke.run_dir / "figures").glob(f"{name[:2]}_*.png")]
+    for stem in figures:
+        assert_png(smoke.run_dir / "figures" / f"{stem}.png")
+    assert shown >= len(figures), f"{name}: {len(figures)} figures saved but only {shown} shown in the notebook"
+    CHECKS.get(name, lambda run_dir: None)(smoke.run_dir)
+
+
+def check_environment(run_dir: Path) -> None:
+    report = json.loads((run_dir / "environment.json").read_text())
+    assert report["parameters"]["SMOKE"] is True
+    assert all(row["ok"] for row in report["checks"]), [r for r in report["checks"] if not r["ok"]]
+
+
+def check_prepare(run_dir: Path) -> None:
+    report = json.loads((run_dir / "data_report.json").read_text())
+    assert report["ok"] and not report["errors"]
+    assert set(report["stats"]["splits"]) == {"train", "val", "test"}
+
+
+def check_explore(run_dir: Path) -> None:
+    summary = json.loads((run_dir / "data_summary.json").read_text())
+    assert 0.0 <= summary["truncation_rate"] <= 1.0
+    assert summary["splits"]["test"]["ids"] > 0 and summary["text_length"] > 0
+
+
+def check_training(model: str):
+    def check(run_dir: Path) -> None:
+        metrics = json.loads((run_dir / model / "metrics.json").read_text())
+        assert_metrics(metrics, f"{model}/metrics.json")
+        assert metrics["last"]["epoch"] >= 1
+    return check
+
+
+def check_evaluate(run_dir: Path) -> None:
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert_metrics(metrics, "run metrics.json")
+    assert set(metrics["models"]) >= {"irra", "php"}
+    for model, values in metrics["models"].items():
+        assert_metrics(values["best"], f"{model} best")
+        assert_metrics(values["last"], f"{model} last")
+    # the headline is PHP's selected checkpoint
+    assert metrics["t2i"] == metrics["models"]["php"][metrics["models"]["php"]["selected"]]["t2i"]
+
+
+def check_leak_audit(run_dir: Path) -> None:
+    audit = json.loads((run_dir / "leak_audit.json").read_text())
+    assert audit["php-batch-efp"]["flagged"] is True, "batch-axis EFP must show batch dependence"
+    assert audit["php"]["flagged"] is False, "per-sample EFP must be batch-invariant"
+
+
+CHECKS = {"00_environment_check": check_environment, "01_prepare_data": check_prepare,
+          "02_explore_data": check_explore, "10_train_irra": check_training("irra"),
+          "11_train_php": check_training("php"), "20_evaluate": check_evaluate, "40_leak_audit": check_leak_audit}
