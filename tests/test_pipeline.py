@@ -169,3 +169,19 @@ def test_summary_shows_headline_metrics(tmp_path):
                                               "i2t": {"R1": 70.0, "R5": 85.0, "R10": 95.0, "mAP": 50.0, "mINP": 20.0}})
     text = pipeline.format_summary(result)
     assert "t2i: R1 61.25" in text and "mAP 55.50" in text and "20_evaluate" in text
+
+
+def test_headline_metrics_take_the_selected_checkpoint_of_php():
+    trained = {"selection": {"policy": "val"}, "best": {"epoch": 3}}
+    assert pipeline.selected_checkpoint(trained) == "best"
+    assert pipeline.selected_checkpoint({"selection": {"policy": "last"}, "best": {"epoch": 3}}) == "last"
+    assert pipeline.selected_checkpoint({"selection": {"policy": "val"}, "best": None}) == "last"
+    ev = {m: {w: {"t2i": {"R1": r}, "i2t": {"R1": r / 2}} for w, r in (("best", b), ("last", l))}
+          for m, b, l in (("irra", 40.0, 38.0), ("php", 60.0, 62.0))}
+    headline = pipeline.headline_metrics(ev, {"irra": "best", "php": "last"})
+    assert headline["t2i"] == {"R1": 62.0} and headline["headline"] == "php (last)"
+    assert headline["models"]["irra"]["best"]["t2i"]["R1"] == 40.0 and headline["models"]["irra"]["selected"] == "best"
+    only_irra = pipeline.headline_metrics({"irra": ev["irra"]}, {"irra": "best"})
+    assert only_irra["t2i"] == {"R1": 40.0}  # PHP not trained: the first evaluated model
+    with pytest.raises(PipelineError, match="no evaluated model"):
+        pipeline.headline_metrics({}, {})
