@@ -15,6 +15,11 @@ perf.json), on CUDA in the preset's precision (bf16 autocast for the paper prese
     python benchmarks/bench_model.py                     # all presets + S + B on CPU (B takes minutes)
     python benchmarks/bench_model.py --only irra-cpu S   # a subset
     python benchmarks/bench_model.py --smoke             # tiny sizes, seconds
+    python benchmarks/bench_model.py --threads 1         # on an oversubscribed shared machine (see below)
+
+On a shared 2-core machine under load, two intra-op threads make every small op wait for a descheduled
+thread: tiny models ran ~40x slower with 2 threads than with 1 there. The JSON records the load average and a
+matmul GFLOP/s yardstick measured in the same process, so runs on busy and idle machines can be compared.
 
 Prints a table, then one JSON object (the last line).
 """
@@ -127,6 +132,17 @@ def bench_case(name: str, device: torch.device, steps: int, smoke: bool, trim: b
             "train_step_s": round(step_s, 4), "train_pairs_per_s": round(batch_size / step_s, 2)}
 
 
+def matmul_gflops(repeats: int = 10) -> float:
+    """fp32 GFLOP/s of a fixed (1568 x 256) @ (256 x 1024) matmul in this process: a yardstick for how much
+    CPU a shared machine gave this run (perf.json was measured on an idle one)."""
+    x, w = torch.randn(1568, 256), torch.randn(256, 1024)
+    x @ w
+    start = time.perf_counter()
+    for _ in range(repeats):
+        x @ w
+    return round(2 * 1568 * 256 * 1024 * repeats / (time.perf_counter() - start) / 1e9, 1)
+
+
 def reference_speed(name: str) -> float | None:
     if name not in REFERENCE_ROWS or not REFERENCE_PERF.exists():
         return None
@@ -152,6 +168,7 @@ def main(argv: list[str] | None = None) -> dict:
     devices = [torch.device("cpu")]
     if torch.cuda.is_available() and not args.no_cuda:
         devices.append(torch.device("cuda"))
+    calibration = matmul_gflops()
     results = []
     for device in devices:
         for name in names:
@@ -169,8 +186,11 @@ def main(argv: list[str] | None = None) -> dict:
     # shared machines: the load average says how much of the CPU this run actually had
     summary = {"benchmark": "model", "torch": torch.__version__, "threads": torch.get_num_threads(),
                "loadavg_1min_after": round(os.getloadavg()[0], 2), "cpu_count": os.cpu_count(),
+               "cpu_matmul_gflops_before": calibration, "cpu_matmul_gflops_after": matmul_gflops(),
                "cuda": torch.cuda.get_device_name(0) if len(devices) > 1 else None, "smoke": args.smoke,
                "results": results}
+    print(f"CPU yardstick: {summary['cpu_matmul_gflops_before']} -> {summary['cpu_matmul_gflops_after']} GFLOP/s "
+          f"(fp32 matmul), load average {summary['loadavg_1min_after']} on {summary['cpu_count']} CPUs")
     print(json.dumps(summary))
     return summary
 

@@ -6,6 +6,7 @@ import torch
 from irra_core.model import capture_attention, capture_routing
 from irra_core.model.clip import Attention
 from test_model_presets import build, make_batch
+from test_model_presets import single_thread  # noqa: F401  (module-scoped, autouse)
 
 
 def test_attention_capture_shapes_and_same_outputs():

@@ -6,6 +6,7 @@ import torch
 
 from irra_core.model.clip import CLIP, CLIPConfig, clip_config_from_state_dict, interpolate_positional_embedding
 from irra_core.model.pretrained import load_clip_state_dict
+from test_model_presets import single_thread  # noqa: F401  (module-scoped, autouse)
 
 
 def small_config(**changes) -> CLIPConfig:

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from irra_core.model.php import CRFM, EFP, MoEAdapters
+from test_model_presets import single_thread  # noqa: F401  (module-scoped, autouse)
 
 
 def _layer(modality_gates: bool = False, dropout: float = 0.0) -> MoEAdapters:

@@ -8,6 +8,16 @@ from irra_core.config import load_config
 from irra_core.model import build_model
 
 PRESETS = ("irra", "php", "irra-cpu", "php-cpu")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def single_thread():
+    """Tiny models: one intra-op thread (on a shared, oversubscribed 2-core machine two threads made small ops
+    ~40x slower, see benchmarks/bench_model.py); restored afterwards."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 EOT, SOT = 49407, 49406
 
 

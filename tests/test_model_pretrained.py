@@ -14,6 +14,7 @@ from irra_core.config import load_config
 from irra_core.model import build_model
 from irra_core.model import pretrained as P
 from irra_core.model.clip import CLIP, CLIPConfig
+from test_model_presets import single_thread  # noqa: F401  (module-scoped, autouse)
 
 # torch.jit is deprecated, but OpenAI's published archives are TorchScript: the tests must write one
 pytestmark = pytest.mark.filterwarnings("ignore:.*torch.jit.*:FutureWarning")

@@ -12,6 +12,7 @@ import torch
 from irra_core.model import load_reference_run
 from irra_core.model.capture import capture_routing
 from irra_core.model.reference import read_reference_options, read_state_dict
+from test_model_presets import single_thread  # noqa: F401  (module-scoped, autouse)
 
 BATCH_KEYS = ("images", "caption_ids", "pids", "mlm_ids", "mlm_labels")
 
