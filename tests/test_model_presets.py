@@ -166,11 +166,12 @@ def test_crfm_masks_text_padding_unless_attending_padding():
         assert (model.encode_text(noisy_pad) - model.encode_text(ids)).abs().max() > 1e-4
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("preset", ["irra-cpu", "php-cpu"])
-def test_bf16_autocast_forward_and_backward(preset):
+def test_autocast_forward_and_backward(preset, dtype):
     cfg, model = build(preset)
     batch = make_batch(cfg)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.autocast("cpu", dtype=dtype):
         out = model(batch)
         image = model.encode_image(batch["images"])
     assert image.dtype == torch.float32
