@@ -82,13 +82,13 @@ def _irra_style(similarity, q_pids, g_pids, max_rank: int = 10) -> dict:
             "mAP": float(ap.mean() * 100), "mINP": float(inp.mean() * 100)}
 
 
-def _child(size: str, method: str, threads: int) -> dict:
+def _child(size: str, method: str, threads: int, noise: float | None = None) -> dict:
     import torch
 
     torch.set_num_threads(threads)
     from irra_core.evaluation import rank_metrics, rank_metrics_full_sort
 
-    q_feats, g_feats, q_pids, g_pids = _make_inputs(size)
+    q_feats, g_feats, q_pids, g_pids = _make_inputs(size, noise=noise)
     similarity = None
     if method != "chunked_features":
         similarity = torch.empty(len(q_pids), len(g_pids))
@@ -122,12 +122,13 @@ def _child(size: str, method: str, threads: int) -> dict:
     }
 
 
-def _run(size: str, method: str, threads: int, repeats: int) -> dict:
+def _run(size: str, method: str, threads: int, repeats: int, noise: float | None = None) -> dict:
     """Best of ``repeats`` fresh subprocesses (the machine is shared; the minimum is the least noisy)."""
     results = []
     for _ in range(repeats):
         proc = subprocess.run(
-            [sys.executable, __file__, "--child", size, method, "--threads", str(threads)],
+            [sys.executable, __file__, "--child", size, method, "--threads", str(threads)]
+            + ([] if noise is None else ["--noise", str(noise)]),
             capture_output=True, text=True, check=False,
         )
         if proc.returncode != 0:
@@ -145,12 +146,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--naive-icfg", action="store_true", help="also run the full-argsort methods at ICFG size (~12 GB, minutes)")
     parser.add_argument("--sizes", default=None, help="comma list of cuhk,icfg (default both)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--noise", type=float, default=None,
+                        help="feature noise for every size (lower: better metrics, shallower last positives, faster)")
     parser.add_argument("--methods", default=None, help="comma list (default: all that apply)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--child", nargs=2, metavar=("SIZE", "METHOD"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        print(json.dumps(_child(args.child[0], args.child[1], args.threads)))
+        print(json.dumps(_child(args.child[0], args.child[1], args.threads, args.noise)))
         return {}
 
     sizes = ["smoke"] if args.smoke else (args.sizes.split(",") if args.sizes else ["cuhk", "icfg"])
@@ -163,8 +166,9 @@ def main(argv: list[str] | None = None) -> dict:
         if args.methods:
             methods = [m for m in methods if m in args.methods.split(",")]
         for method in methods:
-            rows.append(_run(size, method, args.threads, 1 if method == "irra_style" and size == "icfg" else repeats))
-    report = {"threads": args.threads, "torch_threads_note": "fresh subprocess per measurement; best of repeats", "results": rows}
+            rows.append(_run(size, method, args.threads, 1 if method == "irra_style" and size == "icfg" else repeats,
+                             args.noise))
+    report = {"threads": args.threads, "noise": args.noise, "torch_threads_note": "fresh subprocess per measurement; best of repeats", "results": rows}
     for size in sizes:
         by = {r["method"]: r for r in rows if r["size"] == size}
         for ref in ("full_sort", "irra_style"):
