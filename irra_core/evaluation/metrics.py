@@ -23,6 +23,7 @@ so neither the full Q x G matrix nor any Q x G argsort needs to exist.
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Optional
 
@@ -172,6 +173,25 @@ def _rank_chunk(scores: torch.Tensor, pos_idx: torch.Tensor) -> torch.Tensor:
     return torch.sort(ranks, dim=1).values
 
 
+@contextlib.contextmanager
+def _one_cpu_thread(device: torch.device):
+    """Run the ranking ops of a chunk on one CPU thread (GPU: no change).
+
+    They are short, memory-bound kernels (compare, nonzero, gathers, binary search); on the shared
+    2-core machine (benchmarks/bench_eval.py) intra-op threading made them 2-9x slower in wall time
+    and never faster. The similarity matmul outside keeps all threads.
+    """
+    if device.type != "cpu" or torch.get_num_threads() == 1:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def rank_per_query(
     similarity: Optional[torch.Tensor] = None,
     q_pids: torch.Tensor | None = None,
@@ -233,7 +253,8 @@ def rank_per_query(
         if not bool(torch.isfinite(scores.sum())) and not bool(torch.isfinite(scores).all()):
             raise ValueError(f"similarity rows {start}..{stop - 1} contain NaN or inf")
         pos = positives[start:stop].to(device)
-        ranks = _rank_chunk(scores, pos).cpu()  # (C, n) ascending, padded with G
+        with _one_cpu_thread(device):
+            ranks = _rank_chunk(scores, pos).cpu()  # (C, n) ascending, padded with G
         valid = ranks < num_g
         count = valid.sum(dim=1)
         one_based = (ranks + 1).double()
