@@ -37,6 +37,14 @@ EXPECTED: dict[str, dict[str, list[str]]] = {
     "20_evaluate": {"files": ["metrics.json", "irra/eval/best_test/queries.csv", "php/eval/last_test/queries.csv"],
                     "figures": ["20_metrics"]},
     "21_compare_runs": {"files": ["comparison.csv"], "figures": ["21_compare"]},
+    "30_retrieval_gallery": {"files": [], "figures": ["30_topk_irra", "30_topk_php", "30_worst_irra", "30_worst_php",
+                                                      "30_free_text_irra", "30_free_text_php", "30_first_hit_irra",
+                                                      "30_explorer"]},
+    "31_attention_maps": {"files": [], "figures": ["31_rollout_irra", "31_rollout_php", "31_text_to_patch_irra",
+                                                   "31_crfm_php"]},
+    "32_expert_routing": {"files": [], "figures": ["32_expert_load", "32_routing_entropy", "32_patch_experts",
+                                                   "32_word_experts", "32_aux_vs_floor", "32_routing_drift",
+                                                   "32_aux_over_training", "32_explorer"]},
     "40_leak_audit": {"files": ["leak_audit.json", "php-batch-efp/metrics.json"], "figures": ["40_leak_audit"]},
 }
 
