@@ -1,5 +1,8 @@
 """Encode throughput and training-step time of the model, per preset, on CPU (and CUDA when present).
 
+A one-table overview; the canonical benchmarks are ``bench_train.py`` (step breakdown, FLOPs, MFU, A/B
+comparisons) and ``bench_encode.py``, sharing ``benchmarks/common.py`` with this script.
+
 For every preset (``irra-cpu``, ``php-cpu``, ``irra``, ``php``) and the two reference benchmark
 configurations of ``../shared/reference/perf.json`` (``S``: 256-wide towers at 192x64, batch 32,
 ``sdm+itc``; ``B``: ViT-B/16 at 384x128, batch 8, IRRA ``sdm+mlm+id`` / PHP ``sdm+itc+aux``) it measures
@@ -37,6 +40,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.common import matmul_gflops, synthetic_batch  # noqa: E402,F401 (shared with bench_train/encode)
 from irra_core.config import load_config  # noqa: E402
 from irra_core.model import build_model  # noqa: E402
 
@@ -53,25 +57,6 @@ CASES = {  # name -> (preset, overrides, training batch on CPU)
     "php": ("php", {"model.pretrained": ""}, 8),
 }
 REFERENCE_ROWS = {"S": ("S", "irra"), "irra": ("B", "irra"), "php": ("B", "php")}
-
-
-def synthetic_batch(cfg, batch_size: int, device: torch.device, seed: int = 0) -> dict:
-    gen = torch.Generator().manual_seed(seed)
-    length = cfg.data.text_length
-    ids = torch.zeros(batch_size, length, dtype=torch.long)
-    for i in range(batch_size):
-        n = min(length - 1, int(torch.randint(20, 41, (1,), generator=gen)))
-        ids[i, 0], ids[i, 1:n] = 49406, torch.randint(1, 49405, (n - 1,), generator=gen)
-        ids[i, n] = 49407
-    labels = torch.where(torch.rand(ids.shape, generator=gen) < 0.15, ids, torch.zeros_like(ids))
-    labels[:, 0] = 0
-    labels[ids >= 49405] = 0
-    labels[:, 1] = ids[:, 1]
-    height, width = cfg.data.img_size
-    batch = {"images": torch.randn(batch_size, 3, height, width, generator=gen), "caption_ids": ids,
-             "pids": torch.arange(batch_size) // 2, "mlm_ids": torch.where(labels > 0, 49405, ids),
-             "mlm_labels": labels}
-    return {k: v.to(device) for k, v in batch.items()}
 
 
 def _sync(device: torch.device) -> None:
@@ -130,17 +115,6 @@ def bench_case(name: str, device: torch.device, steps: int, smoke: bool, trim: b
             "encode_image_per_s": round(batch_size / statistics.median(image_t), 1),
             "encode_text_per_s": round(batch_size / statistics.median(text_t), 1),
             "train_step_s": round(step_s, 4), "train_pairs_per_s": round(batch_size / step_s, 2)}
-
-
-def matmul_gflops(repeats: int = 10) -> float:
-    """fp32 GFLOP/s of a fixed (1568 x 256) @ (256 x 1024) matmul in this process: a yardstick for how much
-    CPU a shared machine gave this run (perf.json was measured on an idle one)."""
-    x, w = torch.randn(1568, 256), torch.randn(256, 1024)
-    x @ w
-    start = time.perf_counter()
-    for _ in range(repeats):
-        x @ w
-    return round(2 * 1568 * 256 * 1024 * repeats / (time.perf_counter() - start) / 1e9, 1)
 
 
 def reference_speed(name: str) -> float | None:

@@ -1,0 +1,139 @@
+"""The benchmark scripts run in their tiny (smoke) form and report sane, complete JSON.
+
+Speed itself is never asserted (it is measured in benchmarks/, see benchmarks/README.md); these tests check
+that every field exists and is consistent: step parts add up, FLOP counts agree with the analytic tower
+count, the A/B comparison reports both variants, and gpu_check.sh's CPU dry run completes.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks import bench_encode, bench_model, bench_train, common  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models on a shared 2-core machine: one intra-op thread (two can thrash under load)."""
+    old = torch.get_num_threads()
+    yield
+    torch.set_num_threads(old)
+
+
+def _last_json(capsys) -> dict:
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("model", ["irra", "php"])
+def test_bench_train_smoke_fields(model, capsys):
+    summary = bench_train.main(["--config", "B", "--model", model, "--smoke", "--steps", "2", "--threads", "1"])
+    assert _last_json(capsys) == json.loads(json.dumps(summary))
+    for key in ("loadavg_1_5_15", "cpu_matmul_gflops_before", "cpu_matmul_gflops_after", "threads", "torch"):
+        assert key in summary
+    assert summary["threads"] == 1 and summary["cpu_matmul_gflops_before"] > 0
+    (row,) = summary["results"]
+    assert row["model"] == model and row["batch"] == 4 and row["optimizer_kernel"] == "fused"
+    parts = row["data_s"] + row["forward_s"] + row["backward_s"] + row["optimizer_s"]
+    assert row["step_s"] > 0 and parts <= row["step_s"] * 1.01 + 1e-4
+    assert row["pairs_per_s"] == pytest.approx(row["batch"] / row["step_s"], rel=1e-3)
+    assert row["peak_mem_MB"] >= 0
+    assert row["reference_pairs_per_s"] is None and row["ratio_vs_reference"] is None  # smoke: no comparison
+    assert row["mfu"] is None  # CPU: no bf16 peak
+    flops = row["flops_per_pair"]
+    assert flops["total"] == flops["matmul"] + flops["attention"] and flops["attention"] > 0
+    # the heads add FLOPs beyond the two towers: the count is at least the analytic tower count
+    assert row["gflops_per_pair"] >= 0.9 * row["analytic_tower_train_gflops_per_pair"] > 0
+    expected_losses = {"irra": "sdm+mlm+id", "php": "sdm+itc+aux"}[model]
+    assert row["loss_names"] == expected_losses
+
+
+def test_flop_count_matches_analytic_towers_for_config_s_shapes():
+    """Config S losses (sdm+itc) have almost no head FLOPs: counter and analytic formula agree closely."""
+    cfg = common.load_bench_config("S", "irra", smoke=True)
+    from irra_core.model import build_model
+
+    torch.manual_seed(0)
+    model = build_model(cfg, num_classes=8)
+    model.trim_text_padding = False  # full context, as the analytic count assumes
+    batch = common.synthetic_batch(cfg, 4)
+
+    def step():
+        out = model(batch)
+        sum(v for k, v in out.items() if k.endswith("_loss")).backward()
+
+    counted = common.count_step_flops(step, model)["total"] / 4
+    analytic = common.analytic_tower_flops(cfg, cfg.data.text_length)["train_towers"]
+    assert counted == pytest.approx(analytic, rel=0.1)
+
+
+def test_bench_train_compare_reports_both_variants(capsys):
+    summary = bench_train.main(["--config", "S", "--smoke", "--steps", "1", "--threads", "1", "--compare", "trim",
+                                "--rounds", "1"])
+    capsys.readouterr()
+    assert [r["trim"] for r in summary["results"]] == [False, True]
+    compare = summary["compare"]
+    assert compare["switch"] == "trim" and set(compare["median_pairs_per_s"]) == {"trim=False", "trim=True"}
+    assert compare["speedup_second_over_first"] > 0
+
+
+def test_bench_train_json_file_and_reference_ratio(tmp_path, capsys, reference_dir):
+    """Non-smoke rows compare with perf.json; checked here at S's config on a 1-step run with a tiny batch."""
+    out = tmp_path / "train.json"
+    row = bench_train.bench_train("S", "irra", steps=1, batch=2, threads=1, count_flops=False)
+    reference = json.loads((reference_dir / "perf.json").read_text())["train"][0]["pairs_per_s"]
+    assert row["reference_pairs_per_s"] == reference
+    assert row["ratio_vs_reference"] == pytest.approx(row["pairs_per_s"] / reference, rel=1e-2)
+    assert row["img_size"] == [192, 64] and row["text_length"] == 77 and row["loss_names"] == "sdm+itc"
+    bench_train.main(["--config", "S", "--smoke", "--steps", "1", "--threads", "1", "--no-flops",
+                      "--json", str(out)])
+    capsys.readouterr()
+    assert json.loads(out.read_text())["results"][0]["gflops_per_pair"] is None
+
+
+def test_bench_encode_smoke_fields(capsys):
+    summary = bench_encode.main(["--smoke", "--threads", "1", "--repeats", "1", "--only", "irra-cpu", "php-cpu", "S"])
+    assert _last_json(capsys)["results"] == json.loads(json.dumps(summary["results"]))
+    assert [r["case"] for r in summary["results"]] == ["irra-cpu", "php-cpu", "S"]
+    for row in summary["results"]:
+        assert row["images_per_s"] > 0 and row["captions_per_s"] > 0 and row["precision"] == "fp32"
+
+
+def test_bench_encode_rejects_unknown_case():
+    with pytest.raises(SystemExit):
+        bench_encode.main(["--smoke", "--only", "nope"])
+
+
+def test_bench_model_smoke_uses_shared_helpers(capsys):
+    summary = bench_model.main(["--smoke", "--only", "irra-cpu", "--steps", "1", "--threads", "1", "--no-cuda"])
+    capsys.readouterr()
+    assert bench_model.synthetic_batch is common.synthetic_batch
+    assert summary["results"][0]["train_pairs_per_s"] > 0
+
+
+def test_bf16_peak_lookup():
+    assert common.bf16_peak_tflops(torch.device("cpu")) is None
+    assert dict(common.BF16_PEAK_TFLOPS)["H100"] == 989.0 and dict(common.BF16_PEAK_TFLOPS)["H200"] == 989.0
+
+
+@pytest.mark.slow
+def test_gpu_check_dry_run(tmp_path):
+    env = {**os.environ, "OUT": str(tmp_path), "PYTHON": sys.executable}
+    proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--dry-run"], env=env,
+                          capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    assert "gpu_check: all steps passed" in proc.stdout
+    produced = sorted(p.name for p in tmp_path.glob("*.json"))
+    assert produced == ["encode_B.json", "train_irra_bf16.json", "train_irra_legacy_fp16.json",
+                        "train_php_bf16.json", "train_php_legacy_fp16.json"]
+    row = json.loads((tmp_path / "train_php_legacy_fp16.json").read_text())["results"][0]
+    assert row["precision"] == "legacy_fp16" and row["device"] == "cpu" and row["pairs_per_s"] > 0
+    assert "bf16 / legacy_fp16 throughput" in proc.stdout
