@@ -10,7 +10,8 @@
 # Usage:  benchmarks/gpu_check.sh            # on the GPU machine
 #         benchmarks/gpu_check.sh --dry-run  # or DEVICE=cpu: same steps on the CPU at tiny sizes (tests)
 # Env:    PYTHON (default: python3, or .venv/bin/python when present), OUT (JSON output folder,
-#         default /tmp/gpu_check_out), STEPS (timed steps, default 10), WARMUP (default 3), BATCH (default 64).
+#         default /tmp/gpu_check_out), STEPS (timed steps, default 10), WARMUP (default 3), BATCH (default 64),
+#         COMPILE=1 adds a torch.compile'd irra bf16 run (about a minute more).
 # Installs nothing. The repository is put on PYTHONPATH; if that is not enough, run
 # `pip install --no-deps --no-build-isolation -e .` yourself (no network needed).
 set -u
@@ -29,6 +30,9 @@ START=$(date +%s)
 FAILED=()
 
 echo "== gpu_check: device=$DEVICE python=$PYTHON out=$OUT"
+if [[ "$DEVICE" == "cuda" ]] && command -v nvidia-smi >/dev/null; then
+  nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv || true
+fi
 # required: torch + the package's own imports; optional: pytest (the tests are skipped without it)
 if ! "$PYTHON" - <<'EOF'
 import importlib, sys
@@ -81,6 +85,13 @@ for model in irra php; do
   done
 done
 
+if [[ "${COMPILE:-0}" == "1" ]]; then  # opt-in: torch.compile trial (compile time is excluded from the timing)
+  echo "-- irra bf16 torch.compile"
+  timeout $LIMIT "$PYTHON" benchmarks/bench_train.py --config B --model irra --device "$DEVICE" --precision bf16 \
+    --steps "$STEPS" --warmup "$WARMUP" --batch "$BATCH" --compile --no-flops "${SIZE[@]}" \
+    --json "$OUT/compile_irra_bf16.json" || FAILED+=("bench_train irra bf16 compile")
+fi
+
 echo "== 3/3 bench_encode config B"
 timeout $LIMIT "$PYTHON" benchmarks/bench_encode.py --only B --device "$DEVICE" --batch "$ENC_BATCH" \
   "${SIZE[@]}" --json "$OUT/encode_B.json" || FAILED+=("bench_encode B")
@@ -91,10 +102,11 @@ import json, sys
 from pathlib import Path
 out = Path(sys.argv[1])
 rows = {}
-for path in sorted(out.glob("train_*.json")):
+for path in sorted(out.glob("train_*.json")) + sorted(out.glob("compile_*.json")):
     row = json.loads(path.read_text())["results"][0]
-    rows[(row["model"], row["precision"])] = row
-    print(f"{row['model']:5s} {row['precision']:12s} batch {row['batch']:3d}: {row['pairs_per_s']:9.1f} pairs/s  "
+    if not row["compile"]:
+        rows[(row["model"], row["precision"])] = row
+    print(f"{row['model']:5s} {row['precision'] + (' compiled' if row['compile'] else ''):12s} batch {row['batch']:3d}: {row['pairs_per_s']:9.1f} pairs/s  "
           f"step {row['step_s']*1e3:8.1f} ms (fwd {row['forward_s']*1e3:.1f}, bwd {row['backward_s']*1e3:.1f}, "
           f"opt {row['optimizer_s']*1e3:.1f})  {row['gflops_per_pair']} GFLOP/pair  MFU {row['mfu']}  "
           f"peak {row['peak_mem_MB']:.0f} MB")

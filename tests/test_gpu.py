@@ -100,6 +100,6 @@ def test_batch_invariance_on_cuda(arch):
         whole_t = model.encode_text(ids)
         whole_i = model.encode_image(batch["images"])
         for i in range(ids.shape[0]):
-            torch.testing.assert_close(model.encode_text(ids[i:i + 1]), whole_t[i:i + 1], rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(model.encode_text(ids[i:i + 1]), whole_t[i:i + 1], rtol=1e-4, atol=1e-4)
             torch.testing.assert_close(model.encode_image(batch["images"][i:i + 1]), whole_i[i:i + 1],
-                                       rtol=1e-4, atol=1e-5)
+                                       rtol=1e-4, atol=1e-4)
