@@ -40,15 +40,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import matmul_gflops, synthetic_batch  # noqa: E402,F401 (shared with bench_train/encode)
+from benchmarks.common import S_OVERRIDES, matmul_gflops, synthetic_batch  # noqa: E402,F401 (shared helpers)
 from irra_core.config import load_config  # noqa: E402
 from irra_core.model import build_model  # noqa: E402
+from irra_core.optim import build_optimizer  # noqa: E402
 
 REFERENCE_PERF = Path(__file__).resolve().parent.parent.parent / "shared" / "reference" / "perf.json"
-S_OVERRIDES = {"data.img_size": [192, 64], "data.batch_size": 32, "data.text_length": 77, "model.embed_dim": 256,
-               "model.vision_width": 256, "model.vision_layers": 4, "model.vision_heads": 4, "model.text_width": 256,
-               "model.text_layers": 4, "model.text_heads": 4, "loss.names": "sdm+itc", "data.mlm": False,
-               "optim.optimizer": "Adam"}
 CASES = {  # name -> (preset, overrides, training batch on CPU)
     "irra-cpu": ("irra-cpu", {}, None),
     "php-cpu": ("php-cpu", {}, None),
@@ -96,7 +93,7 @@ def bench_case(name: str, device: torch.device, steps: int, smoke: bool, trim: b
         image_t = _timed(lambda: model.encode_image(batch["images"]), device, steps)
         text_t = _timed(lambda: model.encode_text(batch["caption_ids"]), device, steps)
     model.train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-5, eps=1e-3)
+    optimizer = build_optimizer(model, cfg.optim)  # the engine's optimiser (fused kernels)
 
     def step():
         optimizer.zero_grad(set_to_none=True)
