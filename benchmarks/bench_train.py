@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 import torch
+import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -79,13 +80,13 @@ def _optimizer_kernel(optimizer: torch.optim.Optimizer) -> str:
 def bench_train(config: str = "S", model_name: str = "irra", device: str = "cpu", steps: int = 5,
                 precision: str = "fp32", threads: int | None = None, batch: int | None = None, warmup: int = 1,
                 smoke: bool = False, trim: bool = True, fused: bool = True, compile: bool = False,
-                sdpa: bool = True, count_flops: bool = True) -> dict:
+                sdpa: bool = True, count_flops: bool = True, overrides: dict | None = None) -> dict:
     """Time ``steps`` training steps of ``model_name`` at ``config`` and return one result row (a dict)."""
     dev = torch.device(device)
     if threads:
         torch.set_num_threads(threads)
     cfg = common.load_bench_config(config, model_name, smoke=smoke,
-                                   extra={"model.precision": precision, "optim.fused": fused})
+                                   extra={**(overrides or {}), "model.precision": precision, "optim.fused": fused})
     batch_size = batch or default_batch(config, dev, smoke, cfg.data.batch_size)
     common.sync(dev)
     rss_before = common.current_rss_bytes()
@@ -145,7 +146,8 @@ def bench_train(config: str = "S", model_name: str = "irra", device: str = "cpu"
         peak_mb = (common.peak_rss_bytes() - rss_before) / 2**20
     row = {"config": config, "model": model_name, "device": dev.type, "precision": precision,
            "threads": torch.get_num_threads(), "batch": batch_size, "steps": steps, "smoke": smoke, "trim": trim,
-           "optimizer_kernel": _optimizer_kernel(optimizer), "compile": compile, "sdpa": sdpa, "loss_names": cfg.loss.names,
+           "optimizer_kernel": _optimizer_kernel(optimizer), "compile": compile, "sdpa": sdpa,
+           "overrides": overrides or {}, "loss_names": cfg.loss.names,
            "img_size": list(cfg.data.img_size), "text_length": cfg.data.text_length,
            "params_M": round(sum(p.numel() for p in model.parameters()) / 1e6, 2)}
     row.update({k: round(statistics.median(v), 5) for k, v in times.items()})
@@ -195,13 +197,21 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--compare", choices=sorted(COMPARISONS), default=None,
                         help="run the A/B variants of this switch alternately, --rounds times each")
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="config overrides, e.g. model.vision_width=192 (values parsed as YAML)")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes (seconds)")
     parser.add_argument("--json", default=None, help="also write the JSON summary to this file")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    base = dict(config=args.config, model_name=args.model, device=args.device, steps=args.steps,
+    overrides = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            parser.error(f"--set {item!r}: expected KEY=VALUE")
+        overrides[key] = yaml.safe_load(value)
+    base = dict(overrides=overrides, config=args.config, model_name=args.model, device=args.device, steps=args.steps,
                 precision=args.precision, threads=args.threads, batch=args.batch, warmup=args.warmup,
                 smoke=args.smoke, trim=not args.no_trim, fused=not args.no_fused, compile=args.compile,
                 count_flops=not args.no_flops)

@@ -137,3 +137,13 @@ def test_gpu_check_dry_run(tmp_path):
     row = json.loads((tmp_path / "train_php_legacy_fp16.json").read_text())["results"][0]
     assert row["precision"] == "legacy_fp16" and row["device"] == "cpu" and row["pairs_per_s"] > 0
     assert "bf16 / legacy_fp16 throughput" in proc.stdout
+
+
+def test_bench_train_set_overrides(capsys):
+    summary = bench_train.main(["--config", "php-cpu", "--model", "php", "--smoke", "--steps", "1", "--threads", "1",
+                                "--no-flops", "--set", "model.vision_width=48", "model.vision_heads=3"])
+    capsys.readouterr()
+    row = summary["results"][0]
+    assert row["overrides"] == {"model.vision_width": 48, "model.vision_heads": 3}
+    with pytest.raises(SystemExit):
+        bench_train.main(["--smoke", "--set", "model.vision_width"])
