@@ -74,7 +74,8 @@ def test_yaml_file_with_base_and_errors(tmp_path):
     good = tmp_path / "good.yaml"
     good.write_text("base: irra-cpu\nname: mine\noptim:\n  lr: 2.0e-4\n")
     cfg = load_config(good)
-    assert cfg.name == "mine" and cfg.optim.lr == 2e-4 and cfg.model.vision_width == 256
+    assert cfg.name == "mine" and cfg.optim.lr == 2e-4
+    assert cfg.model.vision_width == load_config("irra-cpu").model.vision_width  # the rest comes from the base
     bad = tmp_path / "bad.yaml"
     bad.write_text("optim:\n  lr: 1\n  bogus: 2\n")
     with pytest.raises(ConfigError, match="optim.bogus"):
