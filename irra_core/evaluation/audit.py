@@ -34,7 +34,7 @@ class LeakAuditReport:
     flagged: bool
     reasons: list = field(default_factory=list)
     tolerance: float = 1e-4
-    metric_tolerance: float = 1e-6
+    metric_tolerance: float = 1e-2
     num_queries: int = 0
     num_gallery: int = 0
 
@@ -116,7 +116,9 @@ def leak_audit(
     The reference is batch size 1 in annotation order. ``flagged`` when any embedding differs from it
     by more than ``tolerance`` (relative L2; default 1e-4 in fp32, 2e-2 under CUDA bf16 autocast,
     whose rounding depends on the batch shape) or any metric's spread exceeds ``metric_tolerance``
-    (pp; default 1e-6 in fp32, 0.5 on CUDA). ``max_queries`` / ``max_gallery`` audit the first whole
+    (pp; default 0.01 in fp32 — below what one query can move R@K (100/Q pp) but above the ~1e-4 pp that
+    float-rounding-level embedding noise can move mAP/mINP through near-tied scores — and 0.5 on CUDA).
+    ``max_queries`` / ``max_gallery`` audit the first whole
     identities only, to keep it cheap.
     """
     if isinstance(split, str):
@@ -129,7 +131,7 @@ def leak_audit(
     dev = resolve_device(device, cfg, model)
     on_gpu = dev.type == "cuda"
     tolerance = tolerance if tolerance is not None else (2e-2 if on_gpu else 1e-4)
-    metric_tolerance = metric_tolerance if metric_tolerance is not None else (0.5 if on_gpu else 1e-6)
+    metric_tolerance = metric_tolerance if metric_tolerance is not None else (0.5 if on_gpu else 1e-2)
 
     sizes = list(dict.fromkeys(bs or cfg.data.test_batch_size for bs in batch_sizes))
     if 1 not in sizes:
