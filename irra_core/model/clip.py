@@ -111,6 +111,12 @@ class Attention(nn.Module):
         return (probs @ v.float()).to(v.dtype)
 
 
+def clip_mlp(width: int) -> nn.Sequential:
+    """CLIP's block MLP, (..., D) -> (..., D): c_fc (D -> 4D) -> QuickGELU -> c_proj; names match OpenAI's keys."""
+    return nn.Sequential(OrderedDict([
+        ("c_fc", nn.Linear(width, width * 4)), ("gelu", QuickGELU()), ("c_proj", nn.Linear(width * 4, width))]))
+
+
 class ResidualAttentionBlock(nn.Module):
     """Pre-norm block: x + attn(ln_1(x)), then x + mlp(ln_2(x)); mlp = c_fc -> QuickGELU -> c_proj."""
 
@@ -118,8 +124,7 @@ class ResidualAttentionBlock(nn.Module):
         super().__init__()
         self.attn = Attention(width, heads)
         self.ln_1 = LayerNorm(width)
-        self.mlp = nn.Sequential(OrderedDict([
-            ("c_fc", nn.Linear(width, width * 4)), ("gelu", QuickGELU()), ("c_proj", nn.Linear(width * 4, width))]))
+        self.mlp = clip_mlp(width)
         self.ln_2 = LayerNorm(width)
 
     def forward(self, x: torch.Tensor, causal: bool = False) -> torch.Tensor:

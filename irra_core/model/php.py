@@ -19,7 +19,6 @@ Routing is returned per call (:class:`LayerRouting`) and never accumulated in bu
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable
 
@@ -28,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from irra_core.losses import moe_aux_loss
-from irra_core.model.clip import Attention, LayerNorm, QuickGELU
+from irra_core.model.clip import Attention, LayerNorm, clip_mlp
 
 __all__ = ["CRFM", "Adapter", "MoEAdapters", "EFPBlock", "EFP", "LayerRouting", "MODALITIES"]
 
@@ -192,8 +191,7 @@ class EFPBlock(nn.Module):
         super().__init__()
         self.attn = Attention(width, heads)
         self.ln_1 = LayerNorm(width)
-        self.mlp = nn.Sequential(OrderedDict([
-            ("c_fc", nn.Linear(width, width * 4)), ("gelu", QuickGELU()), ("c_proj", nn.Linear(width * 4, width))]))
+        self.mlp = clip_mlp(width)
         self.ln_2 = LayerNorm(width)
         self.ln_3 = LayerNorm(width)
         self.comb_param = nn.Parameter(torch.randn(width))

@@ -18,7 +18,25 @@ from irra_core.viz import retrieval, routing
 from irra_core.viz.inspect import InspectRun
 
 
-class RetrievalExplorer:
+class _Explorer:
+    """Shared by the explorers: ``render()`` draws the static figure; the widget shows it in an Output area."""
+
+    _out = None  # the ipywidgets Output, created by widget(); None while headless
+
+    def render(self, fig: Figure | None = None) -> Figure:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def _refresh(self) -> None:
+        if self._out is None:
+            return
+        from IPython.display import display
+
+        self._out.clear_output(wait=True)
+        with self._out:
+            display(self.render())
+
+
+class RetrievalExplorer(_Explorer):
     """Pick a query (or type a sentence) and a checkpoint; see the top-k with scores and ground truth.
 
     Args:
@@ -76,15 +94,6 @@ class RetrievalExplorer:
         fig.suptitle(f"{self.checkpoint}: {label}", y=1.12, fontsize=10)
         return fig
 
-    def _refresh(self) -> None:
-        if self._out is None:
-            return
-        from IPython.display import display
-
-        self._out.clear_output(wait=True)
-        with self._out:
-            display(self.render())
-
     def widget(self):
         """An ipywidgets box: checkpoint dropdown, query index, free-text box; the gallery below."""
         import ipywidgets as w
@@ -103,7 +112,7 @@ class RetrievalExplorer:
         return w.VBox([w.HBox([ckpt, query]), w.HBox([text, go]), self._out])
 
 
-class RoutingExplorer:
+class RoutingExplorer(_Explorer):
     """Pick an image, a caption and an EFP layer; see the per-patch and per-word experts.
 
     Args:
@@ -164,15 +173,6 @@ class RoutingExplorer:
         ax.set_xlabel("share assigned to each expert")
         fig.suptitle(f"{self.run.name}: EFP layer {self.layer}, experts via CRFM weights", y=1.06, fontsize=10)
         return fig
-
-    def _refresh(self) -> None:
-        if self._out is None:
-            return
-        from IPython.display import display
-
-        self._out.clear_output(wait=True)
-        with self._out:
-            display(self.render())
 
     def widget(self, num_layers: int = 1):
         """An ipywidgets box: image index, EFP layer, caption text; the maps below."""
