@@ -41,17 +41,18 @@ from irra_core.optim import build_optimizer  # noqa: E402
 
 #: --compare KEY -> the variants run in alternation (A B A B ...), each a dict of bench_train arguments
 COMPARISONS = {
-    "trim": [{"trim": False}, {"trim": True}],
+    "trim": [{"trim": False, "prune": False}, {"trim": True, "prune": False}],
+    "prune": [{"prune": False}, {"prune": True}],
     "fused": [{"fused": False}, {"fused": True}],
     "threads": [{"threads": 1}, {"threads": 2}],
     "precision": [{"precision": "fp32"}, {"precision": "bf16"}],
     "compile": [{"compile": False}, {"compile": True}],
     # the reference's cost model inside this code: full 77-token context and a for-loop Adam
     "sdpa": [{"sdpa": False}, {"sdpa": True}],
-    "reference_like": [{"trim": False, "fused": False}, {"trim": True, "fused": True}],
+    "reference_like": [{"trim": False, "fused": False, "prune": False}, {"trim": True, "fused": True, "prune": True}],
 }
 COLUMNS = (("config", "cfg"), ("model", "model"), ("device", "dev"), ("precision", "prec"), ("threads", "thr"),
-           ("batch", "batch"), ("trim", "trim"), ("optimizer_kernel", "opt"), ("step_s", "step s"),
+           ("batch", "batch"), ("trim", "trim"), ("prune", "prune"), ("optimizer_kernel", "opt"), ("step_s", "step s"),
            ("data_s", "data"), ("forward_s", "fwd"), ("backward_s", "bwd"), ("optimizer_s", "optim"),
            ("pairs_per_s", "pairs/s"), ("reference_pairs_per_s", "ref"), ("ratio_vs_reference", "x ref"),
            ("peak_mem_MB", "peak MB"), ("gflops_per_pair", "GF/pair"), ("mfu", "MFU"))
@@ -80,7 +81,8 @@ def _optimizer_kernel(optimizer: torch.optim.Optimizer) -> str:
 def bench_train(config: str = "S", model_name: str = "irra", device: str = "cpu", steps: int = 5,
                 precision: str = "fp32", threads: int | None = None, batch: int | None = None, warmup: int = 1,
                 smoke: bool = False, trim: bool = True, fused: bool = True, compile: bool = False,
-                sdpa: bool = True, count_flops: bool = True, overrides: dict | None = None) -> dict:
+                sdpa: bool = True, prune: bool = True, count_flops: bool = True,
+                overrides: dict | None = None) -> dict:
     """Time ``steps`` training steps of ``model_name`` at ``config`` and return one result row (a dict)."""
     dev = torch.device(device)
     if threads:
@@ -93,6 +95,7 @@ def bench_train(config: str = "S", model_name: str = "irra", device: str = "cpu"
     torch.manual_seed(0)
     model = build_model(cfg, num_classes=max(64, batch_size)).to(dev)
     model.trim_text_padding = trim
+    model.prune_to_global_token = prune
     if not sdpa:  # a no-op recorder routes every attention through the explicit softmax(q k^T) v path
         for module in model.modules():
             if isinstance(module, Attention):
@@ -146,7 +149,7 @@ def bench_train(config: str = "S", model_name: str = "irra", device: str = "cpu"
         peak_mb = (common.peak_rss_bytes() - rss_before) / 2**20
     row = {"config": config, "model": model_name, "device": dev.type, "precision": precision,
            "threads": torch.get_num_threads(), "batch": batch_size, "steps": steps, "smoke": smoke, "trim": trim,
-           "optimizer_kernel": _optimizer_kernel(optimizer), "compile": compile, "sdpa": sdpa,
+           "optimizer_kernel": _optimizer_kernel(optimizer), "compile": compile, "sdpa": sdpa, "prune": prune,
            "overrides": overrides or {}, "loss_names": cfg.loss.names,
            "img_size": list(cfg.data.img_size), "text_length": cfg.data.text_length,
            "params_M": round(sum(p.numel() for p in model.parameters()) / 1e6, 2)}
@@ -191,6 +194,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, default=None, help="intra-op threads (default: torch's)")
     parser.add_argument("--batch", type=int, default=None, help="default: S 32; B 8 on CPU, 64 on CUDA")
     parser.add_argument("--no-trim", action="store_true", help="run captions at full context (reference cost)")
+    parser.add_argument("--no-prune", action="store_true",
+                        help="compute every token of every block (no global-token pruning or caption packing)")
     parser.add_argument("--no-fused", action="store_true", help="for-loop optimiser instead of fused kernels")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model (compile time excluded)")
     parser.add_argument("--no-flops", action="store_true", help="skip the FLOP-counting step")
@@ -213,7 +218,8 @@ def main(argv: list[str] | None = None) -> dict:
         overrides[key] = yaml.safe_load(value)
     base = dict(overrides=overrides, config=args.config, model_name=args.model, device=args.device, steps=args.steps,
                 precision=args.precision, threads=args.threads, batch=args.batch, warmup=args.warmup,
-                smoke=args.smoke, trim=not args.no_trim, fused=not args.no_fused, compile=args.compile,
+                smoke=args.smoke, trim=not args.no_trim, prune=not args.no_prune, fused=not args.no_fused,
+                compile=args.compile,
                 count_flops=not args.no_flops)
     probe_before = common.matmul_gflops()
     rows = []

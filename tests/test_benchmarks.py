@@ -64,6 +64,7 @@ def test_flop_count_matches_analytic_towers_for_config_s_shapes():
     torch.manual_seed(0)
     model = build_model(cfg, num_classes=8)
     model.trim_text_padding = False  # full context, as the analytic count assumes
+    model.prune_to_global_token = False  # every token of every block, as the analytic count assumes
     batch = common.synthetic_batch(cfg, 4)
 
     def step():
@@ -76,12 +77,12 @@ def test_flop_count_matches_analytic_towers_for_config_s_shapes():
 
 
 def test_bench_train_compare_reports_both_variants(capsys):
-    summary = bench_train.main(["--config", "S", "--smoke", "--steps", "1", "--threads", "1", "--compare", "trim",
+    summary = bench_train.main(["--config", "S", "--smoke", "--steps", "1", "--threads", "1", "--compare", "prune",
                                 "--rounds", "1"])
     capsys.readouterr()
-    assert [r["trim"] for r in summary["results"]] == [False, True]
+    assert [r["prune"] for r in summary["results"]] == [False, True]
     compare = summary["compare"]
-    assert compare["switch"] == "trim" and set(compare["median_pairs_per_s"]) == {"trim=False", "trim=True"}
+    assert compare["switch"] == "prune" and set(compare["median_pairs_per_s"]) == {"prune=False", "prune=True"}
     assert compare["speedup_second_over_first"] > 0
 
 

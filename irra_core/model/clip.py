@@ -81,8 +81,12 @@ class Attention(nn.Module):
         return x.view(b, n, self.heads, self.width // self.heads).transpose(1, 2)
 
     def forward(self, query: torch.Tensor, key_value: torch.Tensor | None = None, *,
-                causal: bool = False) -> torch.Tensor:
-        """Attend from ``query`` (B, Nq, D) over ``key_value`` (B, Nk, D) (itself when None) -> (B, Nq, D)."""
+                causal: bool = False, key_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Attend from ``query`` (B, Nq, D) over ``key_value`` (B, Nk, D) (itself when None) -> (B, Nq, D).
+
+        ``key_mask`` (B, Nk) bool, True = may be attended, restricts the keys per sample (used instead of
+        ``causal`` when a single query position per sample is computed).
+        """
         weight, bias = self.in_proj_weight, self.in_proj_bias
         if key_value is None:
             q, k, v = F.linear(query, weight, bias).chunk(3, dim=-1)
@@ -91,17 +95,36 @@ class Attention(nn.Module):
             q = F.linear(query, weight[:d], bias[:d])
             k, v = F.linear(key_value, weight[d:], bias[d:]).chunk(2, dim=-1)
         q, k, v = self._heads(q), self._heads(k), self._heads(v)
+        mask = None if key_mask is None else key_mask[:, None, None, :]
         if self.recorder is None:
-            out = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
         else:
-            out = self._attend_and_record(q, k, v, causal)
+            out = self._attend_and_record(q, k, v, causal, mask)
         b, _, nq, _ = out.shape
         return self.out_proj(out.transpose(1, 2).reshape(b, nq, self.width))
 
-    def _attend_and_record(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                           causal: bool) -> torch.Tensor:
+    def forward_packed(self, tokens: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """Causal self-attention over packed prefixes: tokens (T, D), valid (B, N) bool -> (T, D).
+
+        ``tokens`` are the rows of a (B, N, D) batch where ``valid`` is True, in row-major order, and each
+        row of ``valid`` must be a prefix (positions 0..n_b). Projections run on the T packed tokens only;
+        the attention itself runs on the padded (B, N) layout, where the zero rows after each prefix sit at
+        later positions and so are never attended by a valid query under the causal mask.
+        """
+        b, n = valid.shape
+        qkv = F.linear(tokens, self.in_proj_weight, self.in_proj_bias)
+        padded = qkv.new_zeros(b, n, qkv.shape[-1])
+        padded[valid] = qkv
+        q, k, v = (self._heads(t) for t in padded.chunk(3, dim=-1))
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.out_proj(out.transpose(1, 2).reshape(b, n, self.width)[valid])
+
+    def _attend_and_record(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool,
+                           mask: torch.Tensor | None = None) -> torch.Tensor:
         # explicit softmax so the probabilities exist; same maths as the SDPA path
         scores = (q.float() @ k.float().transpose(-2, -1)) / math.sqrt(q.shape[-1])
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))
         if causal:
             nq, nk = scores.shape[-2:]
             mask = torch.ones(nq, nk, dtype=torch.bool, device=scores.device).triu(1)
@@ -132,6 +155,27 @@ class ResidualAttentionBlock(nn.Module):
         x = x + self.attn(self.ln_1(x), causal=causal)
         return x + self.mlp(self.ln_2(x))
 
+    def forward_packed(self, tokens: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """The causal block on packed prefix tokens (T, D) of a (B, N) batch (``valid`` (B, N)) -> (T, D)."""
+        x = tokens + self.attn.forward_packed(self.ln_1(tokens), valid)
+        return x + self.mlp(self.ln_2(x))
+
+    def forward_at(self, x: torch.Tensor, index: torch.Tensor, causal: bool = False) -> torch.Tensor:
+        """The block's output at one position per sample: x (B, N, D), index (B,) -> (B, 1, D).
+
+        Equal to ``forward(x, causal)[arange(B), index]``: keys and values still come from every position
+        (under ``causal`` only from positions <= index), but the query projection, the output projection,
+        the residual stream and the MLP run on one token instead of N.
+        """
+        rows = torch.arange(x.shape[0], device=x.device)
+        normed = self.ln_1(x)
+        key_mask = None
+        if causal:
+            key_mask = torch.arange(x.shape[1], device=x.device)[None, :] <= index[:, None]
+        x = x[rows, index].unsqueeze(1)
+        x = x + self.attn(normed[rows, index].unsqueeze(1), normed, key_mask=key_mask)
+        return x + self.mlp(self.ln_2(x))
+
 
 class Transformer(nn.Module):
     """A stack of :class:`ResidualAttentionBlock` under the key ``resblocks``."""
@@ -141,11 +185,40 @@ class Transformer(nn.Module):
         self.width, self.layers, self.heads = width, layers, heads
         self.resblocks = nn.ModuleList([ResidualAttentionBlock(width, heads) for _ in range(layers)])
 
-    def forward(self, x: torch.Tensor, causal: bool = False) -> torch.Tensor:
-        """x (B, N, D) -> (B, N, D); ``causal`` masks attention to later positions (CLIP's text tower)."""
-        for block in self.resblocks:
-            x = block(x, causal=causal)
-        return x
+    def forward(self, x: torch.Tensor, causal: bool = False,
+                output_index: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, N, D) -> (B, N, D); ``causal`` masks attention to later positions (CLIP's text tower).
+
+        With ``output_index`` (B,) only the token at that position of each sample is returned, (B, 1, D),
+        and the work shrinks to what that token depends on:
+
+        * the last block computes just that token (:meth:`ResidualAttentionBlock.forward_at`): ~20% fewer
+          FLOPs for a 4-layer tower;
+        * under ``causal``, positions after ``output_index`` cannot influence it, so the blocks before the
+          last run on the packed prefixes (:meth:`ResidualAttentionBlock.forward_packed`): captions of a
+          batch cost their own lengths, not the longest one's.
+
+        While any attention is being recorded, every position is computed so the maps stay complete.
+        """
+        if output_index is None:
+            for block in self.resblocks:
+                x = block(x, causal=causal)
+            return x
+        blocks = list(self.resblocks)
+        if not blocks or any(block.attn.recorder is not None for block in blocks):
+            return self.forward(x, causal)[torch.arange(x.shape[0], device=x.device), output_index].unsqueeze(1)
+        *body, last = blocks
+        if causal and body:
+            valid = torch.arange(x.shape[1], device=x.device)[None, :] <= output_index[:, None]
+            packed = x[valid]
+            for block in body:
+                packed = block.forward_packed(packed, valid)
+            x = x.new_zeros(x.shape)
+            x[valid] = packed
+        else:
+            for block in body:
+                x = block(x, causal=causal)
+        return last.forward_at(x, output_index, causal=causal)
 
 
 def patch_grid(image_size: tuple[int, int], patch_size: int, stride_size: int) -> tuple[int, int]:
@@ -173,8 +246,9 @@ class VisionTransformer(nn.Module):
         self.ln_post = LayerNorm(width)
         self.proj = nn.Parameter(scale * torch.randn(width, output_dim))
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """images (B, 3, H, W) -> tokens (B, 1 + rows*cols, output_dim), CLS first, after ln_post @ proj."""
+    def forward(self, images: torch.Tensor, cls_only: bool = False) -> torch.Tensor:
+        """images (B, 3, H, W) -> tokens (B, 1 + rows*cols, output_dim), CLS first, after ln_post @ proj;
+        with ``cls_only`` just the CLS token (B, 1, output_dim), its last block computed alone."""
         dtype = self.conv1.weight.dtype
         # the residual stream stays in the weights' dtype (fp32, or fp16 under legacy_fp16) even when the conv
         # runs under autocast, so additions promote bf16/fp16 sub-layer outputs back to fp32
@@ -185,7 +259,8 @@ class VisionTransformer(nn.Module):
         x = x.flatten(2).transpose(1, 2)  # (B, P, width), row-major like CLIP's reshape
         cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
         x = torch.cat([cls, x], dim=1) + self.positional_embedding.to(x.dtype)
-        x = self.transformer(self.ln_pre(x))
+        cls_index = torch.zeros(x.shape[0], dtype=torch.long, device=x.device) if cls_only else None
+        x = self.transformer(self.ln_pre(x), output_index=cls_index)
         return self.ln_post(x) @ self.proj.to(x.dtype)
 
 
@@ -232,12 +307,13 @@ class CLIP(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.visual.conv1.weight.dtype
 
-    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
-        """images (B, 3, H, W) -> all image tokens (B, 1 + P, E) (CLS first)."""
-        return self.visual(images)
+    def encode_image(self, images: torch.Tensor, cls_only: bool = False) -> torch.Tensor:
+        """images (B, 3, H, W) -> all image tokens (B, 1 + P, E) (CLS first), or only CLS (B, 1, E)."""
+        return self.visual(images, cls_only=cls_only)
 
-    def encode_text(self, text: torch.Tensor) -> torch.Tensor:
-        """token ids (B, L), L <= context_length -> all text tokens (B, L, E) after ln_final @ text_projection."""
+    def encode_text(self, text: torch.Tensor, output_index: torch.Tensor | None = None) -> torch.Tensor:
+        """token ids (B, L), L <= context_length -> all text tokens (B, L, E) after ln_final @ text_projection,
+        or with ``output_index`` (B,) (usually the EOT positions) the token there only, (B, 1, E)."""
         length = text.shape[1]
         if length > self.context_length:
             raise ValueError(f"captions of {length} tokens exceed the text tower's context length "
@@ -246,7 +322,7 @@ class CLIP(nn.Module):
         x = self.token_embedding(text).to(dtype) + self.positional_embedding[:length].to(dtype)
         # the causal mask makes position i independent of later (padding) positions, so slicing the
         # positional table to L changes nothing for captions padded to any length >= L
-        x = self.transformer(x, causal=True)
+        x = self.transformer(x, causal=True, output_index=output_index)
         return self.ln_final(x) @ self.text_projection.to(x.dtype)
 
     def forward(self, images: torch.Tensor, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

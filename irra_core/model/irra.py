@@ -50,6 +50,12 @@ class IRRA(nn.Module):
         #: Not applied where padding matters (CRFM attending padding; the MLM branch, whose cross-modal
         #: transformer is bidirectional) nor inside capture_attention (maps keep the full length L).
         self.trim_text_padding = True
+        #: where only the global token of a tower is used (IRRA's image tower without MLM, IRRA's text tower
+        #: for the global features), compute only what that token depends on: the last block at that token
+        #: alone (~20% fewer tower FLOPs at 4 layers) and, in the causal text tower, the earlier blocks on each
+        #: caption's own tokens (packed; padding costs nothing). Exact up to float summation order. PHP's CRFM
+        #: reads every token, so PHP never takes this path.
+        self.prune_to_global_token = True
         heads = max(1, dim // 64)  # IRRA: embed_dim // 64 heads for the cross-modal modules
 
         if "id" in self.loss_names:
@@ -87,9 +93,17 @@ class IRRA(nn.Module):
         nn.init.normal_(self.mlm_head.fc.weight, std=proj_std)
 
     # ------------------------------------------------------------------ features
-    def image_features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[LayerRouting]]:
-        """images (B, 3, H, W) -> (global (B, D) float32, all tokens (B, 1 + P, D), EFP routing)."""
-        tokens = self.base_model.encode_image(images)
+    def _global_only(self, need_tokens: bool) -> bool:
+        return not need_tokens and self.arch == "irra" and self.prune_to_global_token
+
+    def image_features(self, images: torch.Tensor, need_tokens: bool = True
+                       ) -> tuple[torch.Tensor, torch.Tensor, list[LayerRouting]]:
+        """images (B, 3, H, W) -> (global (B, D) float32, all tokens (B, 1 + P, D), EFP routing).
+
+        ``need_tokens=False`` allows the tokens to be just the CLS token (B, 1, D) (see
+        ``prune_to_global_token``); the global features are the same either way.
+        """
+        tokens = self.base_model.encode_image(images, cls_only=self._global_only(need_tokens))
         feats = tokens[:, 0].float()
         routing: list[LayerRouting] = []
         if self.arch == "php":
@@ -98,16 +112,21 @@ class IRRA(nn.Module):
             feats = feats + efp.float().mean(dim=1)
         return feats, tokens, routing
 
-    def text_features(self, caption_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[LayerRouting]]:
+    def text_features(self, caption_ids: torch.Tensor, need_tokens: bool = True
+                      ) -> tuple[torch.Tensor, torch.Tensor, list[LayerRouting]]:
         """caption ids (B, L) -> (global (B, D) float32, tokens (B, L', D), EFP routing).
 
         L' = L, or the longest caption of the batch (EOT included) when ``trim_text_padding`` applies.
+        ``need_tokens=False`` allows the tokens to be just the EOT token (B, 1, D).
         """
         eot = text_global_index(caption_ids)
         if self.trim_text_padding and not (self.arch == "php" and self.crfm_attend_padding):
             length = int(eot.max()) + 1
             if length < caption_ids.shape[1]:
                 caption_ids = caption_ids[:, :length]
+        if self._global_only(need_tokens):
+            tokens = self.base_model.encode_text(caption_ids, output_index=eot)
+            return tokens[:, 0].float(), tokens, []
         tokens = self.base_model.encode_text(caption_ids)
         feats = tokens[torch.arange(tokens.shape[0], device=tokens.device), eot].float()
         routing: list[LayerRouting] = []
@@ -123,11 +142,11 @@ class IRRA(nn.Module):
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         """images (B, 3, H, W) -> (B, D) float32, not normalised."""
-        return self.image_features(images)[0]
+        return self.image_features(images, need_tokens=False)[0]
 
     def encode_text(self, caption_ids: torch.Tensor) -> torch.Tensor:
         """caption ids (B, L) -> (B, D) float32, not normalised."""
-        return self.text_features(caption_ids)[0]
+        return self.text_features(caption_ids, need_tokens=False)[0]
 
     def cross_former(self, text_tokens: torch.Tensor, image_tokens: torch.Tensor) -> torch.Tensor:
         """IRRA's implicit relation reasoning: text (B, L, D) attends over image (B, N, D) -> (B, L, D)."""
@@ -150,8 +169,8 @@ class IRRA(nn.Module):
         """
         w = self.cfg.loss
         images, caption_ids = batch["images"], batch["caption_ids"]
-        image_feats, image_tokens, image_routing = self.image_features(images)
-        text_feats, _, text_routing = self.text_features(caption_ids)
+        image_feats, image_tokens, image_routing = self.image_features(images, need_tokens="mlm" in self.loss_names)
+        text_feats, _, text_routing = self.text_features(caption_ids, need_tokens=False)
         scale = self.logit_scale
         ret: dict = {"temperature": torch.tensor(1.0 / scale, dtype=torch.float32, device=image_feats.device)}
         names = self.loss_names
