@@ -33,7 +33,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks import common  # noqa: E402
+from benchmarks import common, reference_style  # noqa: E402
 from irra_core.model import build_model  # noqa: E402
 from irra_core.model.clip import Attention  # noqa: E402
 from irra_core.model.precision import AUTOCAST_DTYPES  # noqa: E402
@@ -50,8 +50,10 @@ COMPARISONS = {
     # the reference's cost model inside this code: full 77-token context and a for-loop Adam
     "sdpa": [{"sdpa": False}, {"sdpa": True}],
     "reference_like": [{"trim": False, "fused": False, "prune": False}, {"trim": True, "fused": True, "prune": True}],
+    # the IRRA reference's execution structure (benchmarks/reference_style.py) -> this library, same process
+    "reference": [{"impl": "reference_style"}, {"impl": "ours"}],
 }
-COLUMNS = (("config", "cfg"), ("model", "model"), ("device", "dev"), ("precision", "prec"), ("threads", "thr"),
+COLUMNS = (("config", "cfg"), ("model", "model"), ("impl", "impl"), ("device", "dev"), ("precision", "prec"), ("threads", "thr"),
            ("batch", "batch"), ("trim", "trim"), ("prune", "prune"), ("optimizer_kernel", "opt"), ("step_s", "step s"),
            ("data_s", "data"), ("forward_s", "fwd"), ("backward_s", "bwd"), ("optimizer_s", "optim"),
            ("pairs_per_s", "pairs/s"), ("reference_pairs_per_s", "ref"), ("ratio_vs_reference", "x ref"),
@@ -82,8 +84,13 @@ def bench_train(config: str = "S", model_name: str = "irra", device: str = "cpu"
                 precision: str = "fp32", threads: int | None = None, batch: int | None = None, warmup: int = 1,
                 smoke: bool = False, trim: bool = True, fused: bool = True, compile: bool = False,
                 sdpa: bool = True, prune: bool = True, count_flops: bool = True,
-                overrides: dict | None = None) -> dict:
-    """Time ``steps`` training steps of ``model_name`` at ``config`` and return one result row (a dict)."""
+                overrides: dict | None = None, impl: str = "ours") -> dict:
+    """Time ``steps`` training steps of ``model_name`` at ``config`` and return one result row (a dict).
+
+    ``impl="reference_style"`` times :mod:`benchmarks.reference_style` instead (the IRRA reference's
+    structure: sequence-first ``nn.MultiheadAttention``, float causal mask at the full context, per-parameter
+    for-loop Adam); ``trim``/``prune``/``sdpa``/``fused``/``compile`` then do not apply.
+    """
     dev = torch.device(device)
     if threads:
         torch.set_num_threads(threads)
@@ -93,15 +100,22 @@ def bench_train(config: str = "S", model_name: str = "irra", device: str = "cpu"
     common.sync(dev)
     rss_before = common.current_rss_bytes()
     torch.manual_seed(0)
-    model = build_model(cfg, num_classes=max(64, batch_size)).to(dev)
-    model.trim_text_padding = trim
-    model.prune_to_global_token = prune
-    if not sdpa:  # a no-op recorder routes every attention through the explicit softmax(q k^T) v path
+    if impl == "reference_style":
+        model, optimizer = reference_style.build_reference_style(cfg)
+        model.to(dev)  # the optimiser keeps the (moved) parameter objects
+        trim = prune = sdpa = compile = False
+    elif impl == "ours":
+        model = build_model(cfg, num_classes=max(64, batch_size)).to(dev)
+        model.trim_text_padding = trim
+        model.prune_to_global_token = prune
+        optimizer = build_optimizer(model, cfg.optim)
+    else:
+        raise ValueError(f"impl={impl!r}: choose 'ours' or 'reference_style'")
+    if not sdpa and impl == "ours":  # a no-op recorder routes every attention through the explicit softmax(q k^T) v path
         for module in model.modules():
             if isinstance(module, Attention):
                 module.recorder = _discard
     model.train()
-    optimizer = build_optimizer(model, cfg.optim)
     scaler = torch.amp.GradScaler(dev.type, enabled=precision == "fp16")
     autocast_dtype = AUTOCAST_DTYPES[precision]
     forward = torch.compile(model) if compile else model
@@ -147,7 +161,7 @@ def bench_train(config: str = "S", model_name: str = "irra", device: str = "cpu"
         peak_mb = torch.cuda.max_memory_allocated(dev) / 2**20
     else:
         peak_mb = (common.peak_rss_bytes() - rss_before) / 2**20
-    row = {"config": config, "model": model_name, "device": dev.type, "precision": precision,
+    row = {"config": config, "model": model_name, "impl": impl, "device": dev.type, "precision": precision,
            "threads": torch.get_num_threads(), "batch": batch_size, "steps": steps, "smoke": smoke, "trim": trim,
            "optimizer_kernel": _optimizer_kernel(optimizer), "compile": compile, "sdpa": sdpa, "prune": prune,
            "overrides": overrides or {}, "loss_names": cfg.loss.names,
@@ -197,6 +211,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--no-prune", action="store_true",
                         help="compute every token of every block (no global-token pruning or caption packing)")
     parser.add_argument("--no-fused", action="store_true", help="for-loop optimiser instead of fused kernels")
+    parser.add_argument("--impl", default="ours", choices=["ours", "reference_style"],
+                        help="this library, or the reference-style step of benchmarks/reference_style.py")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model (compile time excluded)")
     parser.add_argument("--no-flops", action="store_true", help="skip the FLOP-counting step")
     parser.add_argument("--compare", choices=sorted(COMPARISONS), default=None,
@@ -219,7 +235,7 @@ def main(argv: list[str] | None = None) -> dict:
     base = dict(overrides=overrides, config=args.config, model_name=args.model, device=args.device, steps=args.steps,
                 precision=args.precision, threads=args.threads, batch=args.batch, warmup=args.warmup,
                 smoke=args.smoke, trim=not args.no_trim, prune=not args.no_prune, fused=not args.no_fused,
-                compile=args.compile,
+                compile=args.compile, impl=args.impl,
                 count_flops=not args.no_flops)
     probe_before = common.matmul_gflops()
     rows = []

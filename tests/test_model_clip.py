@@ -102,3 +102,30 @@ def test_pretrained_square_grid_is_resized_to_irra_input(tmp_path):
     torch.testing.assert_close(model.visual.positional_embedding.detach(),
                                interpolate_positional_embedding(state["visual.positional_embedding"], (8, 4)))
     assert set(load_clip_state_dict(tmp_path / "weights.pt")) == set(state)
+
+
+@pytest.mark.parametrize("keys", [9, 200])  # the explicit CPU path (short) and SDPA (long)
+@pytest.mark.parametrize("causal", [False, True])
+def test_attend_matches_sdpa_on_both_cpu_paths(keys, causal):
+    import torch.nn.functional as F
+
+    from irra_core.model.clip import CPU_EXPLICIT_ATTENTION_MAX_KEYS, attend
+
+    assert (keys <= CPU_EXPLICIT_ATTENTION_MAX_KEYS) == (keys == 9)
+    gen = torch.Generator().manual_seed(keys)
+    q, k, v = (torch.randn(2, 3, keys, 8, generator=gen, requires_grad=True) for _ in range(3))
+    torch.testing.assert_close(attend(q, k, v, causal), F.scaled_dot_product_attention(q, k, v, is_causal=causal),
+                               atol=1e-5, rtol=0)
+    mask = torch.rand(2, 1, 1, keys, generator=gen) > 0.3
+    mask[..., 0] = True  # every query keeps at least one key
+    out = attend(q, k, v, mask=mask)
+    torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v, attn_mask=mask), atol=1e-5, rtol=0)
+    out.sum().backward()  # differentiable on either path
+    assert q.grad is not None and torch.isfinite(q.grad).all()
+
+
+def test_quickgelu_is_x_times_sigmoid_1702x():
+    from irra_core.model.clip import QuickGELU
+
+    x = torch.linspace(-12, 12, 2001)
+    torch.testing.assert_close(QuickGELU()(x), x * torch.sigmoid(1.702 * x), atol=2e-6, rtol=1e-6)

@@ -11,7 +11,8 @@ all three load without renaming. The maths is written anew (SPEC §1.9):
   all tokens returned; the global text feature is the token at ``argmax(ids)`` (the EOT id is the largest).
 
 Tensors are batch-first inside (OpenAI CLIP permutes to sequence-first; the state dict does not care)
-and attention goes through :func:`torch.nn.functional.scaled_dot_product_attention`. Every attention
+and attention goes through :func:`attend` (SDPA, or an explicit softmax for short sequences on the CPU,
+whichever is faster there). Every attention
 module can record its probabilities for visualisation (:mod:`irra_core.model.capture`); when nothing
 records, the only cost is one ``is None`` test per call.
 """
@@ -48,11 +49,35 @@ class QuickGELU(nn.Module):
     """x * sigmoid(1.702 x), the GELU approximation OpenAI CLIP was trained with."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * torch.sigmoid(1.702 * x)
+        # = x * sigmoid(1.702 x) (to ~5e-7); silu's fused kernels make forward + backward ~17% faster on the CPU
+        return F.silu(1.702 * x) * (1 / 1.702)
 
 
 #: a recorder receives the attention probabilities (B, heads, Nq, Nk) of one call
 Recorder = Callable[[torch.Tensor], None]
+
+#: On the CPU an explicit softmax(q k^T / sqrt(d)) v beats the fused SDPA kernel for short sequences (forward +
+#: backward, 2 threads: 7.8 vs 11.4 ms at batch 32, 4 heads, 49 tokens; 8.5 vs 10.5 ms at 77 causal tokens)
+#: and loses from ~128 keys on (59.7 vs 45.1 ms at 193 tokens, ViT-B/16 at 384x128). GPUs always use SDPA.
+CPU_EXPLICIT_ATTENTION_MAX_KEYS = 128
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = False,
+           mask: torch.Tensor | None = None) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d) + masks) v: q (B, h, Nq, d), k/v (B, h, Nk, d) -> (B, h, Nq, d).
+
+    ``mask`` (broadcastable to (B, h, Nq, Nk)) bool, True = may attend; ``causal`` hides later positions.
+    Dispatches to the faster kernel for the device and length (see ``CPU_EXPLICIT_ATTENTION_MAX_KEYS``).
+    """
+    if q.device.type != "cpu" or k.shape[-2] > CPU_EXPLICIT_ATTENTION_MAX_KEYS:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
+    scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
+    if causal:
+        nq, nk = scores.shape[-2:]
+        scores = scores.masked_fill(torch.ones(nq, nk, dtype=torch.bool, device=q.device).triu(1), float("-inf"))
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    return scores.softmax(dim=-1).to(v.dtype) @ v
 
 
 class Attention(nn.Module):
@@ -97,7 +122,7 @@ class Attention(nn.Module):
         q, k, v = self._heads(q), self._heads(k), self._heads(v)
         mask = None if key_mask is None else key_mask[:, None, None, :]
         if self.recorder is None:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
+            out = attend(q, k, v, causal, mask)
         else:
             out = self._attend_and_record(q, k, v, causal, mask)
         b, _, nq, _ = out.shape
@@ -116,7 +141,7 @@ class Attention(nn.Module):
         padded = qkv.new_zeros(b, n, qkv.shape[-1])
         padded[valid] = qkv
         q, k, v = (self._heads(t) for t in padded.chunk(3, dim=-1))
-        out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        out = attend(q, k, v, causal=True)
         return self.out_proj(out.transpose(1, 2).reshape(b, n, self.width)[valid])
 
     def _attend_and_record(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool,
