@@ -9,7 +9,8 @@ images, 20-40-token captions), a few distinct ones cycled.
     python benchmarks/bench_train.py --config S --threads 2            # perf.json config S, CPU fp32
     python benchmarks/bench_train.py --config B --model php --steps 2  # paper size, batch 8 on CPU
     python benchmarks/bench_train.py --config B --device cuda --precision bf16 --steps 20
-    python benchmarks/bench_train.py --config S --compare trim         # A/B within one process
+    python benchmarks/bench_train.py --config S --compare reference    # vs the reference-style step, same process
+    python benchmarks/bench_train.py --config S --compare prune        # A/B within one process
     python benchmarks/bench_train.py --config S --smoke                # tiny sizes (tests)
 
 Model FLOPs per pair are counted on one extra step (see :func:`benchmarks.common.count_step_flops`):
@@ -26,7 +27,9 @@ import argparse
 import statistics
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import torch
 import yaml
@@ -35,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks import common, reference_style  # noqa: E402
 from irra_core.model import build_model  # noqa: E402
-from irra_core.model.clip import Attention  # noqa: E402
+from irra_core.model import clip  # noqa: E402
 from irra_core.model.precision import AUTOCAST_DTYPES  # noqa: E402
 from irra_core.optim import build_optimizer  # noqa: E402
 
@@ -48,13 +51,14 @@ COMPARISONS = {
     "precision": [{"precision": "fp32"}, {"precision": "bf16"}],
     "compile": [{"compile": False}, {"compile": True}],
     # the reference's cost model inside this code: full 77-token context and a for-loop Adam
-    "sdpa": [{"sdpa": False}, {"sdpa": True}],
+    # CPU attention kernel: SDPA at every length -> the library's dispatch (explicit softmax below 128 keys)
+    "attention": [{"attention": "sdpa"}, {"attention": "auto"}],
     "reference_like": [{"trim": False, "fused": False, "prune": False}, {"trim": True, "fused": True, "prune": True}],
     # the IRRA reference's execution structure (benchmarks/reference_style.py) -> this library, same process
     "reference": [{"impl": "reference_style"}, {"impl": "ours"}],
 }
-COLUMNS = (("config", "cfg"), ("model", "model"), ("impl", "impl"), ("device", "dev"), ("precision", "prec"), ("threads", "thr"),
-           ("batch", "batch"), ("trim", "trim"), ("prune", "prune"), ("optimizer_kernel", "opt"), ("step_s", "step s"),
+COLUMNS = (("config", "cfg"), ("model", "model"), ("impl", "impl"), ("device", "dev"), ("precision", "prec"),
+           ("threads", "thr"), ("batch", "batch"), ("trim", "trim"), ("prune", "prune"), ("optimizer_kernel", "opt"), ("step_s", "step s"),
            ("data_s", "data"), ("forward_s", "fwd"), ("backward_s", "bwd"), ("optimizer_s", "optim"),
            ("pairs_per_s", "pairs/s"), ("reference_pairs_per_s", "ref"), ("ratio_vs_reference", "x ref"),
            ("peak_mem_MB", "peak MB"), ("gflops_per_pair", "GF/pair"), ("mfu", "MFU"))
@@ -71,8 +75,18 @@ def default_batch(config: str, device: torch.device, smoke: bool, preset_batch: 
     return preset_batch
 
 
-def _discard(probs: torch.Tensor) -> None:
-    """A capture recorder that keeps nothing (selects the non-SDPA attention path for --compare sdpa)."""
+@contextmanager
+def attention_kernel(choice: str) -> Iterator[None]:
+    """``auto``: the library's dispatch (:func:`irra_core.model.clip.attend`); ``sdpa``: SDPA at every length;
+    ``explicit``: the explicit softmax at every length on the CPU."""
+    limits = {"auto": clip.CPU_EXPLICIT_ATTENTION_MAX_KEYS, "sdpa": -1, "explicit": 1 << 30}
+    if choice not in limits:
+        raise ValueError(f"attention={choice!r}: choose one of {sorted(limits)}")
+    saved, clip.CPU_EXPLICIT_ATTENTION_MAX_KEYS = clip.CPU_EXPLICIT_ATTENTION_MAX_KEYS, limits[choice]
+    try:
+        yield
+    finally:
+        clip.CPU_EXPLICIT_ATTENTION_MAX_KEYS = saved
 
 
 def _optimizer_kernel(optimizer: torch.optim.Optimizer) -> str:
@@ -83,14 +97,22 @@ def _optimizer_kernel(optimizer: torch.optim.Optimizer) -> str:
 def bench_train(config: str = "S", model_name: str = "irra", device: str = "cpu", steps: int = 5,
                 precision: str = "fp32", threads: int | None = None, batch: int | None = None, warmup: int = 1,
                 smoke: bool = False, trim: bool = True, fused: bool = True, compile: bool = False,
-                sdpa: bool = True, prune: bool = True, count_flops: bool = True,
+                attention: str = "auto", prune: bool = True, count_flops: bool = True,
                 overrides: dict | None = None, impl: str = "ours") -> dict:
     """Time ``steps`` training steps of ``model_name`` at ``config`` and return one result row (a dict).
 
     ``impl="reference_style"`` times :mod:`benchmarks.reference_style` instead (the IRRA reference's
     structure: sequence-first ``nn.MultiheadAttention``, float causal mask at the full context, per-parameter
-    for-loop Adam); ``trim``/``prune``/``sdpa``/``fused``/``compile`` then do not apply.
+    for-loop Adam); ``trim``/``prune``/``attention``/``fused``/``compile`` then do not apply.
     """
+    with attention_kernel(attention):
+        return _bench_train(config, model_name, device, steps, precision, threads, batch, warmup, smoke, trim,
+                            fused, compile, attention, prune, count_flops, overrides, impl)
+
+
+def _bench_train(config: str, model_name: str, device: str, steps: int, precision: str, threads: int | None,
+                 batch: int | None, warmup: int, smoke: bool, trim: bool, fused: bool, compile: bool,
+                 attention: str, prune: bool, count_flops: bool, overrides: dict | None, impl: str) -> dict:
     dev = torch.device(device)
     if threads:
         torch.set_num_threads(threads)
@@ -103,7 +125,8 @@ def bench_train(config: str = "S", model_name: str = "irra", device: str = "cpu"
     if impl == "reference_style":
         model, optimizer = reference_style.build_reference_style(cfg)
         model.to(dev)  # the optimiser keeps the (moved) parameter objects
-        trim = prune = sdpa = compile = False
+        trim = prune = compile = False
+        attention = "nn.MultiheadAttention"
     elif impl == "ours":
         model = build_model(cfg, num_classes=max(64, batch_size)).to(dev)
         model.trim_text_padding = trim
@@ -111,10 +134,6 @@ def bench_train(config: str = "S", model_name: str = "irra", device: str = "cpu"
         optimizer = build_optimizer(model, cfg.optim)
     else:
         raise ValueError(f"impl={impl!r}: choose 'ours' or 'reference_style'")
-    if not sdpa and impl == "ours":  # a no-op recorder routes every attention through the explicit softmax(q k^T) v path
-        for module in model.modules():
-            if isinstance(module, Attention):
-                module.recorder = _discard
     model.train()
     scaler = torch.amp.GradScaler(dev.type, enabled=precision == "fp16")
     autocast_dtype = AUTOCAST_DTYPES[precision]
@@ -163,7 +182,8 @@ def bench_train(config: str = "S", model_name: str = "irra", device: str = "cpu"
         peak_mb = (common.peak_rss_bytes() - rss_before) / 2**20
     row = {"config": config, "model": model_name, "impl": impl, "device": dev.type, "precision": precision,
            "threads": torch.get_num_threads(), "batch": batch_size, "steps": steps, "smoke": smoke, "trim": trim,
-           "optimizer_kernel": _optimizer_kernel(optimizer), "compile": compile, "sdpa": sdpa, "prune": prune,
+           "optimizer_kernel": _optimizer_kernel(optimizer), "compile": compile, "attention": attention,
+           "prune": prune,
            "overrides": overrides or {}, "loss_names": cfg.loss.names,
            "img_size": list(cfg.data.img_size), "text_length": cfg.data.text_length,
            "params_M": round(sum(p.numel() for p in model.parameters()) / 1e6, 2)}
@@ -211,6 +231,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--no-prune", action="store_true",
                         help="compute every token of every block (no global-token pruning or caption packing)")
     parser.add_argument("--no-fused", action="store_true", help="for-loop optimiser instead of fused kernels")
+    parser.add_argument("--attention", default="auto", choices=["auto", "sdpa", "explicit"],
+                        help="CPU attention kernel: the library's dispatch, SDPA always, or explicit always")
     parser.add_argument("--impl", default="ours", choices=["ours", "reference_style"],
                         help="this library, or the reference-style step of benchmarks/reference_style.py")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model (compile time excluded)")
@@ -235,7 +257,7 @@ def main(argv: list[str] | None = None) -> dict:
     base = dict(overrides=overrides, config=args.config, model_name=args.model, device=args.device, steps=args.steps,
                 precision=args.precision, threads=args.threads, batch=args.batch, warmup=args.warmup,
                 smoke=args.smoke, trim=not args.no_trim, prune=not args.no_prune, fused=not args.no_fused,
-                compile=args.compile, impl=args.impl,
+                compile=args.compile, impl=args.impl, attention=args.attention,
                 count_flops=not args.no_flops)
     probe_before = common.matmul_gflops()
     rows = []

@@ -148,3 +148,36 @@ def test_bench_train_set_overrides(capsys):
     assert row["overrides"] == {"model.vision_width": 48, "model.vision_heads": 3}
     with pytest.raises(SystemExit):
         bench_train.main(["--smoke", "--set", "model.vision_width"])
+
+
+def test_bench_train_compares_with_the_reference_style_step_in_one_process(capsys):
+    summary = bench_train.main(["--config", "S", "--smoke", "--steps", "1", "--threads", "1", "--compare",
+                                "reference", "--rounds", "1", "--no-flops"])
+    capsys.readouterr()
+    first, second = summary["results"]
+    assert (first["impl"], second["impl"]) == ("reference_style", "ours")
+    # the reference-style step runs the whole context with a for-loop optimiser; ours trims, prunes and fuses
+    assert first["optimizer_kernel"] == "for-loop" and not first["trim"] and not first["prune"]
+    assert second["optimizer_kernel"] == "fused" and second["trim"] and second["prune"]
+    assert set(summary["compare"]["median_pairs_per_s"]) == {"impl=reference_style", "impl=ours"}
+    with pytest.raises(ValueError, match="impl"):
+        bench_train.bench_train("S", "irra", steps=1, smoke=True, impl="official", count_flops=False)
+
+
+def test_attention_kernel_switch_routes_short_sequences_and_restores_the_dispatch(monkeypatch):
+    from irra_core.model import clip
+
+    calls = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention",
+                        lambda *a, **k: calls.append(1) or sdpa(*a, **k))
+    q = torch.randn(1, 2, 5, 4)
+    default = clip.CPU_EXPLICIT_ATTENTION_MAX_KEYS
+    with bench_train.attention_kernel("sdpa"):
+        clip.attend(q, q, q)
+    assert len(calls) == 1 and clip.CPU_EXPLICIT_ATTENTION_MAX_KEYS == default
+    with bench_train.attention_kernel("auto"):
+        clip.attend(q, q, q)  # 5 keys: the explicit path
+    assert len(calls) == 1
+    with pytest.raises(ValueError, match="attention"), bench_train.attention_kernel("flash"):
+        pass
