@@ -120,6 +120,39 @@ def test_capture_still_records_complete_maps_of_every_layer():
     torch.testing.assert_close(feats, expected, atol=1e-5, rtol=0)
 
 
+def test_php_packed_captions_change_no_loss_or_gradient():
+    """PHP's CRFM masks padding, so its text tower runs packed prefixes under trim_text_padding."""
+    cfg, model = build("php-cpu", {"model.adapter_dropout": 0.0})
+    model.train()
+    for module in model.modules():  # dropout off: both passes must see the same function
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    batch = make_batch(cfg, batch_size=6)
+    model.trim_text_padding = False
+    full_losses, full_grads = _loss_and_grads(model, batch)
+    model.trim_text_padding = True
+    losses, grads = _loss_and_grads(model, batch)
+    for key in losses:
+        torch.testing.assert_close(losses[key], full_losses[key], rtol=1e-5, atol=0)
+    assert grads.keys() == full_grads.keys()
+    scale = max(g.abs().max() for g in full_grads.values())
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, full_grads[name], atol=1e-4 * float(scale), rtol=0, msg=name)
+
+
+def test_packed_text_tokens_are_zero_after_eot_and_exact_before():
+    cfg, model = build("php-cpu")
+    model.eval()
+    ids = make_batch(cfg, batch_size=4)["caption_ids"]
+    eot = ids.argmax(1)
+    with torch.no_grad():
+        packed = model.base_model.encode_text(ids, prefix_end=eot)
+        full = model.base_model.encode_text(ids)
+    valid = torch.arange(ids.shape[1])[None, :] <= eot[:, None]
+    assert (packed[~valid] == 0).all()
+    torch.testing.assert_close(packed[valid], full[valid], atol=1e-5, rtol=0)
+
+
 def test_php_keeps_every_token():
     """PHP's CRFM reads every token: pruning must not apply (same outputs, full token count)."""
     cfg, model = build("php-cpu")

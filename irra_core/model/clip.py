@@ -230,20 +230,45 @@ class Transformer(nn.Module):
                 x = block(x, causal=causal)
             return x
         blocks = list(self.resblocks)
-        if not blocks or any(block.attn.recorder is not None for block in blocks):
+        if not blocks or self.recording:
             return self.forward(x, causal)[torch.arange(x.shape[0], device=x.device), output_index].unsqueeze(1)
         *body, last = blocks
         if causal and body:
-            valid = torch.arange(x.shape[1], device=x.device)[None, :] <= output_index[:, None]
-            packed = x[valid]
-            for block in body:
-                packed = block.forward_packed(packed, valid)
-            x = x.new_zeros(x.shape)
-            x[valid] = packed
+            valid = prefix_mask(output_index, x.shape[1])
+            x = unpack(self.forward_packed(x[valid], valid, blocks=body), valid)
         else:
             for block in body:
                 x = block(x, causal=causal)
         return last.forward_at(x, output_index, causal=causal)
+
+    @property
+    def recording(self) -> bool:
+        """True while any block's attention is being recorded (then every position must be computed)."""
+        return any(block.attn.recorder is not None for block in self.resblocks)
+
+    def forward_packed(self, tokens: torch.Tensor, valid: torch.Tensor,
+                       blocks: list[ResidualAttentionBlock] | None = None) -> torch.Tensor:
+        """The causal stack (or ``blocks`` of it) on packed prefix tokens: tokens (T, D), valid (B, N) -> (T, D).
+
+        ``tokens`` are ``x[valid]`` of a (B, N, D) batch whose ``valid`` rows are prefixes (see
+        :func:`prefix_mask`); equal to ``forward(x, causal=True)[valid]``, without computing what follows
+        each prefix.
+        """
+        for block in self.resblocks if blocks is None else blocks:
+            tokens = block.forward_packed(tokens, valid)
+        return tokens
+
+
+def prefix_mask(last: torch.Tensor, length: int) -> torch.Tensor:
+    """(B, length) bool, True at positions 0..last[b] of each row; last (B,)."""
+    return torch.arange(length, device=last.device)[None, :] <= last[:, None]
+
+
+def unpack(tokens: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Packed rows (T, ...) back to the (B, N, ...) layout of ``valid`` (B, N), zeros elsewhere."""
+    out = tokens.new_zeros(*valid.shape, *tokens.shape[1:])
+    out[valid] = tokens
+    return out
 
 
 def patch_grid(image_size: tuple[int, int], patch_size: int, stride_size: int) -> tuple[int, int]:
@@ -336,9 +361,14 @@ class CLIP(nn.Module):
         """images (B, 3, H, W) -> all image tokens (B, 1 + P, E) (CLS first), or only CLS (B, 1, E)."""
         return self.visual(images, cls_only=cls_only)
 
-    def encode_text(self, text: torch.Tensor, output_index: torch.Tensor | None = None) -> torch.Tensor:
-        """token ids (B, L), L <= context_length -> all text tokens (B, L, E) after ln_final @ text_projection,
-        or with ``output_index`` (B,) (usually the EOT positions) the token there only, (B, 1, E)."""
+    def encode_text(self, text: torch.Tensor, output_index: torch.Tensor | None = None,
+                    prefix_end: torch.Tensor | None = None) -> torch.Tensor:
+        """token ids (B, L), L <= context_length -> all text tokens (B, L, E) after ln_final @ text_projection.
+
+        With ``output_index`` (B,) (usually the EOT positions) only the token there, (B, 1, E). With
+        ``prefix_end`` (B,) only positions 0..prefix_end[b] are computed (packed, so each caption costs its own
+        length) and the positions after it come back as zeros: for readers that mask them anyway.
+        """
         length = text.shape[1]
         if length > self.context_length:
             raise ValueError(f"captions of {length} tokens exceed the text tower's context length "
@@ -347,6 +377,10 @@ class CLIP(nn.Module):
         x = self.token_embedding(text).to(dtype) + self.positional_embedding[:length].to(dtype)
         # the causal mask makes position i independent of later (padding) positions, so slicing the
         # positional table to L changes nothing for captions padded to any length >= L
+        if prefix_end is not None and output_index is None and not self.transformer.recording:
+            valid = prefix_mask(prefix_end, length)
+            packed = self.transformer.forward_packed(x[valid], valid)
+            return unpack(self.ln_final(packed) @ self.text_projection.to(x.dtype), valid)
         x = self.transformer(x, causal=True, output_index=output_index)
         return self.ln_final(x) @ self.text_projection.to(x.dtype)
 

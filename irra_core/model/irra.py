@@ -47,8 +47,10 @@ class IRRA(nn.Module):
         self.embed_dim = dim = clip_config.embed_dim
         #: encode captions only up to the batch's longest caption: exact (the text tower is causal and the
         #: global feature is the EOT token), ~2x less text compute for CUHK-like captions padded to 77.
-        #: Not applied where padding matters (CRFM attending padding; the MLM branch, whose cross-modal
-        #: transformer is bidirectional) nor inside capture_attention (maps keep the full length L).
+        #: For PHP with CRFM masking the padding, each caption runs packed on its own tokens (positions after
+        #: EOT are returned as zeros, which CRFM gives zero weight). Not applied where padding matters (CRFM
+        #: attending padding; the MLM branch, whose cross-modal transformer is bidirectional) nor inside
+        #: capture_attention (maps keep the full length L).
         self.trim_text_padding = True
         #: where only the global token of a tower is used (IRRA's image tower without MLM, IRRA's text tower
         #: for the global features), compute only what that token depends on: the last block at that token
@@ -127,7 +129,9 @@ class IRRA(nn.Module):
         if self._global_only(need_tokens):
             tokens = self.base_model.encode_text(caption_ids, output_index=eot)
             return tokens[:, 0].float(), tokens, []
-        tokens = self.base_model.encode_text(caption_ids)
+        # PHP with padding masked in CRFM reads nothing after EOT: run each caption on its own tokens
+        pack = self.arch == "php" and self.trim_text_padding and not self.crfm_attend_padding
+        tokens = self.base_model.encode_text(caption_ids, prefix_end=eot if pack else None)
         feats = tokens[torch.arange(tokens.shape[0], device=tokens.device), eot].float()
         routing: list[LayerRouting] = []
         if self.arch == "php":
