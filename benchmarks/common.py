@@ -171,13 +171,26 @@ def attention_flop_counter(model: torch.nn.Module, backward: bool) -> Iterator[l
         flops = 4 * query.shape[0] * query.shape[1] * nk * module.width
         total[0] += flops * (3 if backward else 1)
 
-    handles = [m.register_forward_pre_hook(hook, with_kwargs=True) for m in model.modules()
-               if isinstance(m, Attention)]
+    def counting_packed(module: Attention):
+        original = module.forward_packed
+
+        def forward_packed(tokens: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+            b, n = valid.shape  # the packed path attends on the padded (B, N) layout
+            total[0] += 4 * b * n * n * module.width * (3 if backward else 1)
+            return original(tokens, valid)
+        return forward_packed
+
+    modules = [m for m in model.modules() if isinstance(m, Attention)]
+    handles = [m.register_forward_pre_hook(hook, with_kwargs=True) for m in modules]
+    for module in modules:
+        module.forward_packed = counting_packed(module)
     try:
         yield total
     finally:
         for handle in handles:
             handle.remove()
+        for module in modules:
+            del module.forward_packed  # back to the class method
 
 
 def count_step_flops(run_step, model: torch.nn.Module, backward: bool = True) -> dict:

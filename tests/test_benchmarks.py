@@ -181,3 +181,31 @@ def test_attention_kernel_switch_routes_short_sequences_and_restores_the_dispatc
     assert len(calls) == 1
     with pytest.raises(ValueError, match="attention"), bench_train.attention_kernel("flash"):
         pass
+
+
+def test_flop_count_includes_packed_attention_and_drops_with_pruning():
+    cfg = common.load_bench_config("S", "irra", smoke=True)
+    from irra_core.model import build_model
+
+    torch.manual_seed(0)
+    model = build_model(cfg, num_classes=8)
+    batch = common.synthetic_batch(cfg, 4)
+
+    def encode():
+        model.encode_text(batch["caption_ids"])
+
+    model.prune_to_global_token = True
+    pruned = common.count_step_flops(encode, model, backward=False)
+    model.prune_to_global_token = False
+    full = common.count_step_flops(encode, model, backward=False)
+    # smoke text tower: 1 layer, so the packed blocks are none; the pruned last block attends from 1 query
+    assert 0 < pruned["attention"] < full["attention"] and pruned["matmul"] < full["matmul"]
+    cfg2 = common.load_bench_config("S", "irra", smoke=True, extra={"model.text_layers": 2})
+    model2 = build_model(cfg2, num_classes=8)
+    model2.prune_to_global_token = True
+    with common.attention_flop_counter(model2, backward=False) as counted:
+        model2.encode_text(batch["caption_ids"])
+    b, n = batch["caption_ids"].shape[0], int(batch["caption_ids"].argmax(1).max()) + 1
+    width = cfg2.model.text_width
+    assert counted[0] == 4 * b * n * n * width + 4 * b * 1 * n * width  # packed block + pruned last block
+    assert "forward_packed" not in vars(model2.base_model.transformer.resblocks[0].attn)  # unpatched again
