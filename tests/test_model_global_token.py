@@ -161,3 +161,16 @@ def test_php_keeps_every_token():
         without = model.encode_text(batch["caption_ids"])
     assert tokens.shape[1] == 1 + model.base_model.visual.grid[0] * model.base_model.visual.grid[1]
     torch.testing.assert_close(with_flag, without, atol=0, rtol=0)
+
+
+def test_no_packing_while_compiling(monkeypatch):
+    """Packing selects with a data-dependent mask, which torch.compile cannot trace; under compilation the
+    stack runs padded (same result)."""
+    torch.manual_seed(3)
+    stack = Transformer(width=16, layers=3, heads=2)
+    x = torch.randn(3, 7, 16)
+    index = torch.tensor([2, 6, 0])
+    expected = stack(x, causal=True, output_index=index)
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    monkeypatch.setattr(Transformer, "forward_packed", lambda *a, **k: pytest.fail("packed while compiling"))
+    torch.testing.assert_close(stack(x, causal=True, output_index=index), expected, atol=1e-5, rtol=0)

@@ -233,7 +233,8 @@ class Transformer(nn.Module):
         if not blocks or self.recording:
             return self.forward(x, causal)[torch.arange(x.shape[0], device=x.device), output_index].unsqueeze(1)
         *body, last = blocks
-        if causal and body:
+        # packing selects with a data-dependent mask, which torch.compile cannot trace: padded there
+        if causal and body and not torch.compiler.is_compiling():
             valid = prefix_mask(output_index, x.shape[1])
             x = unpack(self.forward_packed(x[valid], valid, blocks=body), valid)
         else:
@@ -377,7 +378,8 @@ class CLIP(nn.Module):
         x = self.token_embedding(text).to(dtype) + self.positional_embedding[:length].to(dtype)
         # the causal mask makes position i independent of later (padding) positions, so slicing the
         # positional table to L changes nothing for captions padded to any length >= L
-        if prefix_end is not None and output_index is None and not self.transformer.recording:
+        if (prefix_end is not None and output_index is None and not self.transformer.recording
+                and not torch.compiler.is_compiling()):
             valid = prefix_mask(prefix_end, length)
             packed = self.transformer.forward_packed(x[valid], valid)
             return unpack(self.ln_final(packed) @ self.text_projection.to(x.dtype), valid)
