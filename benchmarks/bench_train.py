@@ -50,15 +50,16 @@ COMPARISONS = {
     "threads": [{"threads": 1}, {"threads": 2}],
     "precision": [{"precision": "fp32"}, {"precision": "bf16"}],
     "compile": [{"compile": False}, {"compile": True}],
-    # the reference's cost model inside this code: full 77-token context and a for-loop Adam
     # CPU attention kernel: SDPA at every length -> the library's dispatch (explicit softmax below 128 keys)
     "attention": [{"attention": "sdpa"}, {"attention": "auto"}],
+    # the reference's cost model inside this code: full 77-token context, every token, a for-loop Adam
     "reference_like": [{"trim": False, "fused": False, "prune": False}, {"trim": True, "fused": True, "prune": True}],
     # the IRRA reference's execution structure (benchmarks/reference_style.py) -> this library, same process
     "reference": [{"impl": "reference_style"}, {"impl": "ours"}],
 }
 COLUMNS = (("config", "cfg"), ("model", "model"), ("impl", "impl"), ("device", "dev"), ("precision", "prec"),
-           ("threads", "thr"), ("batch", "batch"), ("trim", "trim"), ("prune", "prune"), ("optimizer_kernel", "opt"), ("step_s", "step s"),
+           ("threads", "thr"), ("batch", "batch"), ("trim", "trim"), ("prune", "prune"), ("optimizer_kernel", "opt"),
+           ("step_s", "step s"),
            ("data_s", "data"), ("forward_s", "fwd"), ("backward_s", "bwd"), ("optimizer_s", "optim"),
            ("pairs_per_s", "pairs/s"), ("reference_pairs_per_s", "ref"), ("ratio_vs_reference", "x ref"),
            ("peak_mem_MB", "peak MB"), ("gflops_per_pair", "GF/pair"), ("mfu", "MFU"))
@@ -75,14 +76,20 @@ def default_batch(config: str, device: torch.device, smoke: bool, preset_batch: 
     return preset_batch
 
 
+#: --attention CHOICE -> the CPU key count up to which :func:`irra_core.model.clip.attend` uses the explicit
+#: softmax (None: the library's own threshold)
+ATTENTION_KERNELS = {"auto": None, "sdpa": -1, "explicit": 1 << 30}
+
+
 @contextmanager
 def attention_kernel(choice: str) -> Iterator[None]:
     """``auto``: the library's dispatch (:func:`irra_core.model.clip.attend`); ``sdpa``: SDPA at every length;
     ``explicit``: the explicit softmax at every length on the CPU."""
-    limits = {"auto": clip.CPU_EXPLICIT_ATTENTION_MAX_KEYS, "sdpa": -1, "explicit": 1 << 30}
-    if choice not in limits:
-        raise ValueError(f"attention={choice!r}: choose one of {sorted(limits)}")
-    saved, clip.CPU_EXPLICIT_ATTENTION_MAX_KEYS = clip.CPU_EXPLICIT_ATTENTION_MAX_KEYS, limits[choice]
+    if choice not in ATTENTION_KERNELS:
+        raise ValueError(f"attention={choice!r}: choose one of {sorted(ATTENTION_KERNELS)}")
+    saved = clip.CPU_EXPLICIT_ATTENTION_MAX_KEYS
+    limit = ATTENTION_KERNELS[choice]
+    clip.CPU_EXPLICIT_ATTENTION_MAX_KEYS = saved if limit is None else limit
     try:
         yield
     finally:
@@ -105,14 +112,9 @@ def bench_train(config: str = "S", model_name: str = "irra", device: str = "cpu"
     structure: sequence-first ``nn.MultiheadAttention``, float causal mask at the full context, per-parameter
     for-loop Adam); ``trim``/``prune``/``attention``/``fused``/``compile`` then do not apply.
     """
-    with attention_kernel(attention):
-        return _bench_train(config, model_name, device, steps, precision, threads, batch, warmup, smoke, trim,
-                            fused, compile, attention, prune, count_flops, overrides, impl)
-
-
-def _bench_train(config: str, model_name: str, device: str, steps: int, precision: str, threads: int | None,
-                 batch: int | None, warmup: int, smoke: bool, trim: bool, fused: bool, compile: bool,
-                 attention: str, prune: bool, count_flops: bool, overrides: dict | None, impl: str) -> dict:
+    if attention not in ATTENTION_KERNELS:
+        raise ValueError(f"attention={attention!r}: choose one of {sorted(ATTENTION_KERNELS)}")
+    kernel = attention
     dev = torch.device(device)
     if threads:
         torch.set_num_threads(threads)
@@ -126,7 +128,7 @@ def _bench_train(config: str, model_name: str, device: str, steps: int, precisio
         model, optimizer = reference_style.build_reference_style(cfg)
         model.to(dev)  # the optimiser keeps the (moved) parameter objects
         trim = prune = compile = False
-        attention = "nn.MultiheadAttention"
+        attention = "nn.MultiheadAttention"  # what it runs; clip.attend is not on its path
     elif impl == "ours":
         model = build_model(cfg, num_classes=max(64, batch_size)).to(dev)
         model.trim_text_padding = trim
@@ -153,12 +155,13 @@ def _bench_train(config: str, model_name: str, device: str, steps: int, precisio
         host = pool[index % len(pool)]
         data = {k: v.to(dev, non_blocking=True) for k, v in host.items()}
         mark()
-        with torch.autocast(dev.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            out = forward(data)
-        loss = sum(v for k, v in out.items() if k.endswith("_loss"))
-        mark()
-        scaler.scale(loss).backward()
-        mark()
+        with attention_kernel(kernel):
+            with torch.autocast(dev.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                out = forward(data)
+            loss = sum(v for k, v in out.items() if k.endswith("_loss"))
+            mark()
+            scaler.scale(loss).backward()
+            mark()
         scaler.step(optimizer)
         scaler.update()
         optimizer.zero_grad(set_to_none=True)
@@ -183,8 +186,7 @@ def _bench_train(config: str, model_name: str, device: str, steps: int, precisio
     row = {"config": config, "model": model_name, "impl": impl, "device": dev.type, "precision": precision,
            "threads": torch.get_num_threads(), "batch": batch_size, "steps": steps, "smoke": smoke, "trim": trim,
            "optimizer_kernel": _optimizer_kernel(optimizer), "compile": compile, "attention": attention,
-           "prune": prune,
-           "overrides": overrides or {}, "loss_names": cfg.loss.names,
+           "prune": prune, "overrides": overrides or {}, "loss_names": cfg.loss.names,
            "img_size": list(cfg.data.img_size), "text_length": cfg.data.text_length,
            "params_M": round(sum(p.numel() for p in model.parameters()) / 1e6, 2)}
     row.update({k: round(statistics.median(v), 5) for k, v in times.items()})

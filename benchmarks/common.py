@@ -174,10 +174,10 @@ def attention_flop_counter(model: torch.nn.Module, backward: bool) -> Iterator[l
     def counting_packed(module: Attention):
         original = module.forward_packed
 
-        def forward_packed(tokens: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-            b, n = valid.shape  # the packed path attends on the padded (B, N) layout
+        def forward_packed(tokens: torch.Tensor, packing) -> torch.Tensor:
+            b, n = packing.shape  # the packed path attends on the padded (B, N) layout
             total[0] += 4 * b * n * n * module.width * (3 if backward else 1)
-            return original(tokens, valid)
+            return original(tokens, packing)
         return forward_packed
 
     modules = [m for m in model.modules() if isinstance(m, Attention)]

@@ -38,6 +38,7 @@ from torch import nn
 
 from irra_core import losses
 from irra_core.config import Config
+from irra_core.model.clip import init_transformer_like_clip
 from irra_core.optim import param_lr_and_weight_decay
 
 __all__ = ["ReferenceStyleCLIP", "build_reference_style", "SUPPORTED_LOSSES"]
@@ -176,16 +177,13 @@ class ReferenceStyleCLIP(nn.Module):
         self._init_text_tower()
 
     def _init_text_tower(self) -> None:
-        # OpenAI's initialize_parameters (the image tower keeps its constructor's init, as upstream)
+        # OpenAI's initialize_parameters (the image tower keeps its constructor's init, as upstream); the
+        # library's block rule works here too (nn.MultiheadAttention has the same parameter names) and the
+        # initialisation is no part of the step being timed
         width, layers = self.transformer.width, self.transformer.layers
-        attn_std, proj_std, fc_std = width ** -0.5, width ** -0.5 * (2 * layers) ** -0.5, (2 * width) ** -0.5
         nn.init.normal_(self.token_embedding.weight, std=0.02)
         nn.init.normal_(self.positional_embedding, std=0.01)
-        for block in self.transformer.resblocks:
-            nn.init.normal_(block.attn.in_proj_weight, std=attn_std)
-            nn.init.normal_(block.attn.out_proj.weight, std=proj_std)
-            nn.init.normal_(block.mlp.c_fc.weight, std=fc_std)
-            nn.init.normal_(block.mlp.c_proj.weight, std=proj_std)
+        init_transformer_like_clip(self.transformer, width, layers)
         nn.init.normal_(self.text_projection, std=width ** -0.5)
 
     @property

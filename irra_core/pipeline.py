@@ -36,6 +36,7 @@ import yaml
 
 from irra_core import paths
 from irra_core.io_utils import atomic_write_json, read_json
+from irra_core.workbook import PipelineError, default_run_name
 
 #: the parameters every numbered notebook declares in its one ``parameters`` cell (docs/ARCHITECTURE.md)
 STANDARD_PARAMETERS = ("RUN_NAME", "PRESET", "DATASET", "DATA_ROOT", "OVERRIDES", "SMOKE", "DEVICE", "SEED",
@@ -56,12 +57,6 @@ DEFAULT_KERNEL = "irra-workbook"
 KERNEL_MPLBACKEND = "module://matplotlib_inline.backend_inline"
 DATASETS = ("synthetic", "CUHK-PEDES", "ICFG-PEDES", "RSTPReid")
 DEVICES = ("auto", "cpu", "cuda")
-
-
-# the notebooks' helpers live in irra_core.workbook; re-exported here for the runner and older imports
-from irra_core.workbook import (  # noqa: E402,F401
-    REPORTED_PACKAGES, PipelineError, default_run_name, environment_checks, headline_metrics,
-    raise_for_failed_checks, resolve_run_dir, selected_checkpoint, workbook_config)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 Run folders (:func:`resolve_run_dir`), the configuration a notebook trains with (:func:`workbook_config`),
 the checkpoint a run selected and the workbook's headline metrics, and the environment checks of
 ``00_environment_check``. The runner itself (papermill, resume, the command line) is
-:mod:`irra_core.pipeline`, which re-exports these names.
+:mod:`irra_core.pipeline`.
 """
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from irra_core.model.capture import capture_attention
-from irra_core.model.clip import Attention, Transformer
+from irra_core.model.clip import Attention, PrefixPacking, Transformer
 from test_model_presets import build, make_batch, single_thread  # noqa: F401  (module-scoped, autouse)
 
 
@@ -41,8 +41,12 @@ def test_packed_causal_attention_equals_padded_attention_on_the_prefixes():
     x = torch.randn(4, 9, 24)
     ends = _random_prefix_ends(4, 9, seed=2)
     valid = torch.arange(9)[None, :] <= ends[:, None]
+    packing = PrefixPacking(ends, 9)
+    torch.testing.assert_close(packing.pack(x), x[valid], atol=0, rtol=0)  # row-major, the prefixes only
+    unpacked = packing.unpack(x[valid])
+    assert (unpacked[~valid] == 0).all() and torch.equal(unpacked[valid], x[valid])
     expected = attention(x, causal=True)[valid]
-    packed = attention.forward_packed(x[valid], valid)
+    packed = attention.forward_packed(packing.pack(x), packing)
     assert packed.shape == (int(valid.sum()), 24)
     torch.testing.assert_close(packed, expected, atol=1e-5, rtol=0)
 

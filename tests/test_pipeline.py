@@ -9,6 +9,7 @@ import nbformat
 import pytest
 
 from irra_core import pipeline
+from irra_core import workbook as helpers  # `workbook` is a fixture here
 from irra_core.pipeline import PipelineError, run_pipeline
 
 STANDARD_CELL = """RUN_NAME: str = ""           # run folder
@@ -26,7 +27,7 @@ INTERACTIVE: bool = True     # widgets"""
 def write_notebook(path: Path, body: list[str], extra_params: str = "", standard: str = STANDARD_CELL) -> Path:
     nb = nbformat.v4.new_notebook()
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nb.cells = [nbformat.v4.new_code_cell("from irra_core.pipeline import resolve_run_dir"),
+    nb.cells = [nbformat.v4.new_code_cell("from irra_core.workbook import resolve_run_dir"),
                 nbformat.v4.new_code_cell(standard + extra_params, metadata={"tags": ["parameters"]}),
                 nbformat.v4.new_code_cell("run = resolve_run_dir(RUN_NAME, PRESET, DATASET)")]
     nb.cells += [nbformat.v4.new_code_cell(source) for source in body]
@@ -145,22 +146,22 @@ def test_param_values_are_yaml_typed():
 
 
 def test_resolve_run_dir_names_and_latest(tmp_path):
-    run = pipeline.resolve_run_dir("mine", runs_root=tmp_path)
+    run = helpers.resolve_run_dir("mine", runs_root=tmp_path)
     assert run == tmp_path / "mine" and (run / "figures").is_dir()
-    fresh = pipeline.resolve_run_dir("", "cpu", "synthetic", runs_root=tmp_path)
+    fresh = helpers.resolve_run_dir("", "cpu", "synthetic", runs_root=tmp_path)
     assert fresh.name.endswith("_cpu_synthetic")
-    assert pipeline.resolve_run_dir("", "cpu", "synthetic", latest=True, runs_root=tmp_path) == fresh
+    assert helpers.resolve_run_dir("", "cpu", "synthetic", latest=True, runs_root=tmp_path) == fresh
     with pytest.raises(PipelineError, match="no earlier run"):
-        pipeline.resolve_run_dir("", "paper", "CUHK-PEDES", latest=True, runs_root=tmp_path)
+        helpers.resolve_run_dir("", "paper", "CUHK-PEDES", latest=True, runs_root=tmp_path)
     with pytest.raises(PipelineError, match="plain folder name"):
-        pipeline.resolve_run_dir("../escape", runs_root=tmp_path)
+        helpers.resolve_run_dir("../escape", runs_root=tmp_path)
 
 
 def test_workbook_config_maps_standard_parameters():
-    cfg = pipeline.workbook_config("php", "cpu", "synthetic", "/tmp/d", {"optim.lr": 1e-4}, smoke=True, seed=7)
+    cfg = helpers.workbook_config("php", "cpu", "synthetic", "/tmp/d", {"optim.lr": 1e-4}, smoke=True, seed=7)
     assert cfg.model.arch == "php" and cfg.data.root == "/tmp/d" and cfg.train.seed == 7
     assert cfg.optim.lr == 1e-4 and cfg.train.device == "cpu" and cfg.train.progress == "lines"
-    assert pipeline.workbook_config("irra", "cpu", device="cuda").train.device == "cuda"
+    assert helpers.workbook_config("irra", "cpu", device="cuda").train.device == "cuda"
 
 
 def test_summary_shows_headline_metrics(tmp_path):
@@ -173,15 +174,15 @@ def test_summary_shows_headline_metrics(tmp_path):
 
 def test_headline_metrics_take_the_selected_checkpoint_of_php():
     trained = {"selection": {"policy": "val"}, "best": {"epoch": 3}}
-    assert pipeline.selected_checkpoint(trained) == "best"
-    assert pipeline.selected_checkpoint({"selection": {"policy": "last"}, "best": {"epoch": 3}}) == "last"
-    assert pipeline.selected_checkpoint({"selection": {"policy": "val"}, "best": None}) == "last"
+    assert helpers.selected_checkpoint(trained) == "best"
+    assert helpers.selected_checkpoint({"selection": {"policy": "last"}, "best": {"epoch": 3}}) == "last"
+    assert helpers.selected_checkpoint({"selection": {"policy": "val"}, "best": None}) == "last"
     ev = {m: {w: {"t2i": {"R1": r}, "i2t": {"R1": r / 2}} for w, r in (("best", b), ("last", l))}
           for m, b, l in (("irra", 40.0, 38.0), ("php", 60.0, 62.0))}
-    headline = pipeline.headline_metrics(ev, {"irra": "best", "php": "last"})
+    headline = helpers.headline_metrics(ev, {"irra": "best", "php": "last"})
     assert headline["t2i"] == {"R1": 62.0} and headline["headline"] == "php (last)"
     assert headline["models"]["irra"]["best"]["t2i"]["R1"] == 40.0 and headline["models"]["irra"]["selected"] == "best"
-    only_irra = pipeline.headline_metrics({"irra": ev["irra"]}, {"irra": "best"})
+    only_irra = helpers.headline_metrics({"irra": ev["irra"]}, {"irra": "best"})
     assert only_irra["t2i"] == {"R1": 40.0}  # PHP not trained: the first evaluated model
     with pytest.raises(PipelineError, match="no evaluated model"):
-        pipeline.headline_metrics({}, {})
+        helpers.headline_metrics({}, {})

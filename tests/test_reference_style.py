@@ -15,18 +15,11 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.common import load_bench_config, synthetic_batch  # noqa: E402
 from benchmarks.reference_style import ReferenceStyleCLIP, build_reference_style  # noqa: E402
 from irra_core.model import build_model  # noqa: E402
+from test_model_presets import single_thread  # noqa: E402,F401  (module-scoped, autouse)
 
 #: float32 features of the two implementations (SDPA batch-first vs MultiheadAttention sequence-first,
 #: trimmed vs full-context text) differ only by rounding
 FEATURE_ATOL = 1e-5
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 @pytest.fixture()

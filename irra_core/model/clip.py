@@ -12,9 +12,8 @@ all three load without renaming. The maths is written anew (SPEC §1.9):
 
 Tensors are batch-first inside (OpenAI CLIP permutes to sequence-first; the state dict does not care)
 and attention goes through :func:`attend` (SDPA, or an explicit softmax for short sequences on the CPU,
-whichever is faster there). Every attention
-module can record its probabilities for visualisation (:mod:`irra_core.model.capture`); when nothing
-records, the only cost is one ``is None`` test per call.
+whichever is faster there). Every attention module can record its probabilities for visualisation
+(:mod:`irra_core.model.capture`); when nothing records, the only cost is one ``is None`` test per call.
 """
 from __future__ import annotations
 
@@ -71,17 +70,24 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = Fal
     """
     if q.device.type != "cpu" or k.shape[-2] > CPU_EXPLICIT_ATTENTION_MAX_KEYS:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
+    return attention_probs(q, k, causal, mask).to(v.dtype) @ v
+
+
+def attention_probs(q: torch.Tensor, k: torch.Tensor, causal: bool = False,
+                    mask: torch.Tensor | None = None) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d) + masks): q (B, h, Nq, d), k (B, h, Nk, d) -> (B, h, Nq, Nk); masks as in
+    :func:`attend` (a causal query i sees keys 0..i)."""
     scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
     if causal:
         nq, nk = scores.shape[-2:]
         scores = scores.masked_fill(torch.ones(nq, nk, dtype=torch.bool, device=q.device).triu(1), float("-inf"))
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf"))
-    return scores.softmax(dim=-1).to(v.dtype) @ v
+    return scores.softmax(dim=-1)
 
 
 class Attention(nn.Module):
-    """Multi-head attention with ``nn.MultiheadAttention``'s parameter names, batch-first, via SDPA.
+    """Multi-head attention with ``nn.MultiheadAttention``'s parameter names, batch-first, via :func:`attend`.
 
     Parameters ``in_proj_weight`` (3D, D), ``in_proj_bias`` (3D,) and ``out_proj`` (Linear D->D) keep the
     names found in CLIP/IRRA/PHP checkpoints (and matched by IRRA's fp16 conversion and lr rules).
@@ -128,33 +134,23 @@ class Attention(nn.Module):
         b, _, nq, _ = out.shape
         return self.out_proj(out.transpose(1, 2).reshape(b, nq, self.width))
 
-    def forward_packed(self, tokens: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        """Causal self-attention over packed prefixes: tokens (T, D), valid (B, N) bool -> (T, D).
+    def forward_packed(self, tokens: torch.Tensor, packing: PrefixPacking) -> torch.Tensor:
+        """Causal self-attention over packed prefixes: tokens (T, D) = ``packing.pack(x)`` -> (T, D).
 
-        ``tokens`` are the rows of a (B, N, D) batch where ``valid`` is True, in row-major order, and each
-        row of ``valid`` must be a prefix (positions 0..n_b). Projections run on the T packed tokens only;
-        the attention itself runs on the padded (B, N) layout, where the zero rows after each prefix sit at
-        later positions and so are never attended by a valid query under the causal mask.
+        Projections run on the T packed tokens only; the attention itself runs on the padded (B, N) layout,
+        where the zero rows after each prefix sit at later positions and so are never attended by a kept
+        query under the causal mask.
         """
-        b, n = valid.shape
+        b, n = packing.shape
         qkv = F.linear(tokens, self.in_proj_weight, self.in_proj_bias)
-        padded = qkv.new_zeros(b, n, qkv.shape[-1])
-        padded[valid] = qkv
-        q, k, v = (self._heads(t) for t in padded.chunk(3, dim=-1))
+        q, k, v = (self._heads(t) for t in packing.unpack(qkv).chunk(3, dim=-1))
         out = attend(q, k, v, causal=True)
-        return self.out_proj(out.transpose(1, 2).reshape(b, n, self.width)[valid])
+        return self.out_proj(packing.pack(out.transpose(1, 2).reshape(b, n, self.width)))
 
     def _attend_and_record(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool,
                            mask: torch.Tensor | None = None) -> torch.Tensor:
-        # explicit softmax so the probabilities exist; same maths as the SDPA path
-        scores = (q.float() @ k.float().transpose(-2, -1)) / math.sqrt(q.shape[-1])
-        if mask is not None:
-            scores = scores.masked_fill(~mask, float("-inf"))
-        if causal:
-            nq, nk = scores.shape[-2:]
-            mask = torch.ones(nq, nk, dtype=torch.bool, device=scores.device).triu(1)
-            scores = scores.masked_fill(mask, float("-inf"))
-        probs = scores.softmax(dim=-1)
+        # explicit softmax (in float32) so the probabilities exist; same maths as the fast path
+        probs = attention_probs(q.float(), k.float(), causal, mask)
         self.recorder(probs)
         return (probs @ v.float()).to(v.dtype)
 
@@ -180,9 +176,9 @@ class ResidualAttentionBlock(nn.Module):
         x = x + self.attn(self.ln_1(x), causal=causal)
         return x + self.mlp(self.ln_2(x))
 
-    def forward_packed(self, tokens: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        """The causal block on packed prefix tokens (T, D) of a (B, N) batch (``valid`` (B, N)) -> (T, D)."""
-        x = tokens + self.attn.forward_packed(self.ln_1(tokens), valid)
+    def forward_packed(self, tokens: torch.Tensor, packing: PrefixPacking) -> torch.Tensor:
+        """The causal block on packed prefix tokens (T, D) (see :class:`PrefixPacking`) -> (T, D)."""
+        x = tokens + self.attn.forward_packed(self.ln_1(tokens), packing)
         return x + self.mlp(self.ln_2(x))
 
     def forward_at(self, x: torch.Tensor, index: torch.Tensor, causal: bool = False) -> torch.Tensor:
@@ -194,9 +190,7 @@ class ResidualAttentionBlock(nn.Module):
         """
         rows = torch.arange(x.shape[0], device=x.device)
         normed = self.ln_1(x)
-        key_mask = None
-        if causal:
-            key_mask = torch.arange(x.shape[1], device=x.device)[None, :] <= index[:, None]
+        key_mask = prefix_mask(index, x.shape[1]) if causal else None
         x = x[rows, index].unsqueeze(1)
         x = x + self.attn(normed[rows, index].unsqueeze(1), normed, key_mask=key_mask)
         return x + self.mlp(self.ln_2(x))
@@ -235,8 +229,8 @@ class Transformer(nn.Module):
         *body, last = blocks
         # packing selects with a data-dependent mask, which torch.compile cannot trace: padded there
         if causal and body and not torch.compiler.is_compiling():
-            valid = prefix_mask(output_index, x.shape[1])
-            x = unpack(self.forward_packed(x[valid], valid, blocks=body), valid)
+            packing = PrefixPacking(output_index, x.shape[1])
+            x = packing.unpack(self.forward_packed(packing.pack(x), packing, blocks=body))
         else:
             for block in body:
                 x = block(x, causal=causal)
@@ -247,16 +241,15 @@ class Transformer(nn.Module):
         """True while any block's attention is being recorded (then every position must be computed)."""
         return any(block.attn.recorder is not None for block in self.resblocks)
 
-    def forward_packed(self, tokens: torch.Tensor, valid: torch.Tensor,
+    def forward_packed(self, tokens: torch.Tensor, packing: PrefixPacking,
                        blocks: list[ResidualAttentionBlock] | None = None) -> torch.Tensor:
-        """The causal stack (or ``blocks`` of it) on packed prefix tokens: tokens (T, D), valid (B, N) -> (T, D).
+        """The causal stack (or ``blocks`` of it) on packed prefix tokens: tokens (T, D) -> (T, D).
 
-        ``tokens`` are ``x[valid]`` of a (B, N, D) batch whose ``valid`` rows are prefixes (see
-        :func:`prefix_mask`); equal to ``forward(x, causal=True)[valid]``, without computing what follows
-        each prefix.
+        Equal to ``packing.pack(forward(x, causal=True))`` for ``tokens = packing.pack(x)``, without computing
+        what follows each prefix.
         """
         for block in self.resblocks if blocks is None else blocks:
-            tokens = block.forward_packed(tokens, valid)
+            tokens = block.forward_packed(tokens, packing)
         return tokens
 
 
@@ -265,11 +258,25 @@ def prefix_mask(last: torch.Tensor, length: int) -> torch.Tensor:
     return torch.arange(length, device=last.device)[None, :] <= last[:, None]
 
 
-def unpack(tokens: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """Packed rows (T, ...) back to the (B, N, ...) layout of ``valid`` (B, N), zeros elsewhere."""
-    out = tokens.new_zeros(*valid.shape, *tokens.shape[1:])
-    out[valid] = tokens
-    return out
+class PrefixPacking:
+    """The prefixes 0..last[b] of the rows of a (B, N) batch, packed into T = sum(last + 1) rows.
+
+    The flat indices are found once (one device synchronisation); every :meth:`pack` / :meth:`unpack` after
+    that is a plain gather / scatter, so a stack of blocks does not synchronise again per layer.
+    """
+
+    def __init__(self, last: torch.Tensor, length: int) -> None:
+        self.shape = (last.shape[0], length)
+        self.index = prefix_mask(last, length).reshape(-1).nonzero().squeeze(1)  # (T,) into the B*N rows
+
+    def pack(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, N, ...) -> the kept rows (T, ...), row-major."""
+        return x.reshape(self.shape[0] * self.shape[1], *x.shape[2:]).index_select(0, self.index)
+
+    def unpack(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(T, ...) -> (B, N, ...), zeros after each prefix."""
+        rows = tokens.new_zeros(self.shape[0] * self.shape[1], *tokens.shape[1:]).index_copy(0, self.index, tokens)
+        return rows.view(*self.shape, *tokens.shape[1:])
 
 
 def patch_grid(image_size: tuple[int, int], patch_size: int, stride_size: int) -> tuple[int, int]:
@@ -380,9 +387,9 @@ class CLIP(nn.Module):
         # positional table to L changes nothing for captions padded to any length >= L
         if (prefix_end is not None and output_index is None and not self.transformer.recording
                 and not torch.compiler.is_compiling()):
-            valid = prefix_mask(prefix_end, length)
-            packed = self.transformer.forward_packed(x[valid], valid)
-            return unpack(self.ln_final(packed) @ self.text_projection.to(x.dtype), valid)
+            packing = PrefixPacking(prefix_end, length)
+            packed = self.transformer.forward_packed(packing.pack(x), packing)
+            return packing.unpack(self.ln_final(packed) @ self.text_projection.to(x.dtype))
         x = self.transformer(x, causal=True, output_index=output_index)
         return self.ln_final(x) @ self.text_projection.to(x.dtype)
 
