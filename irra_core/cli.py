@@ -1,0 +1,63 @@
+"""How the command-line tools report expected errors: one ``error: ...`` paragraph, exit status 2.
+
+Every ``python -m irra_core.<tool>`` entry point wraps its ``main`` with :func:`run_cli`. An *expected* error
+(bad input, a missing file, weights that cannot be fetched offline, an unknown option) is printed as one
+paragraph that names the file or field and the fix, without a traceback; anything else is a bug and keeps its
+traceback. ``--debug`` (or ``IRRA_DEBUG=1``) re-raises expected errors too, with their traceback.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import textwrap
+from typing import Callable, Sequence
+
+
+class UserError(Exception):
+    """An expected failure caused by the user's input or environment; the message says what to do."""
+
+
+def expected_errors() -> tuple[type[BaseException], ...]:
+    """The exception types that :func:`run_cli` prints as one paragraph (imported lazily: no torch at import)."""
+    from irra_core.config import ConfigError
+    from irra_core.data.errors import DatasetError, ImageReadError
+    from irra_core.model.pretrained import PretrainedError
+    from irra_core.runs import RunExistsError
+    from irra_core.workbook import PipelineError
+
+    return (UserError, ConfigError, DatasetError, ImageReadError, PretrainedError, RunExistsError,
+            PipelineError, FileNotFoundError)
+
+
+def format_error(exc: BaseException, width: int = 100) -> str:
+    """``error: <message>`` wrapped to ``width`` columns; blank lines in the message separate paragraphs."""
+    text = str(exc).strip() or type(exc).__name__
+    paragraphs = [textwrap.fill(" ".join(p.split()), width=width, subsequent_indent="  ")
+                  for p in text.split("\n\n")]
+    return "error: " + "\n  ".join(paragraphs)
+
+
+def run_cli(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:
+    """Call ``main(argv)`` and turn expected errors into ``error: ...`` on stderr and exit status 2.
+
+    Args:
+        main: the tool's entry point; receives ``argv`` with ``--debug`` removed.
+        argv: the arguments (default ``sys.argv[1:]``).
+
+    Returns:
+        ``main``'s exit status, or 2 for an expected error.
+
+    Raises:
+        Whatever ``main`` raises that is not an expected error (a bug keeps its traceback), and expected errors
+        too when ``--debug`` is given or ``IRRA_DEBUG=1`` is set.
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args or os.environ.get("IRRA_DEBUG", "") not in ("", "0")
+    args = [a for a in args if a != "--debug"]
+    try:
+        return main(args)
+    except expected_errors() as exc:
+        if debug:
+            raise
+        print(format_error(exc), file=sys.stderr)
+        return 2
