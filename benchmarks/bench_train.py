@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks import common, reference_style  # noqa: E402
 from irra_core.model import build_model  # noqa: E402
-from irra_core.model import clip  # noqa: E402
+from irra_core.model import fast  # noqa: E402
 from irra_core.model.precision import AUTOCAST_DTYPES  # noqa: E402
 from irra_core.optim import build_optimizer  # noqa: E402
 
@@ -76,24 +76,24 @@ def default_batch(config: str, device: torch.device, smoke: bool, preset_batch: 
     return preset_batch
 
 
-#: --attention CHOICE -> the CPU key count up to which :func:`irra_core.model.clip.attend` uses the explicit
+#: --attention CHOICE -> the CPU key count up to which :func:`irra_core.model.fast.attend` uses the explicit
 #: softmax (None: the library's own threshold)
 ATTENTION_KERNELS = {"auto": None, "sdpa": -1, "explicit": 1 << 30}
 
 
 @contextmanager
 def attention_kernel(choice: str) -> Iterator[None]:
-    """``auto``: the library's dispatch (:func:`irra_core.model.clip.attend`); ``sdpa``: SDPA at every length;
+    """``auto``: the library's dispatch (:func:`irra_core.model.fast.attend`); ``sdpa``: SDPA at every length;
     ``explicit``: the explicit softmax at every length on the CPU."""
     if choice not in ATTENTION_KERNELS:
         raise ValueError(f"attention={choice!r}: choose one of {sorted(ATTENTION_KERNELS)}")
-    saved = clip.CPU_EXPLICIT_ATTENTION_MAX_KEYS
+    saved = fast.CPU_EXPLICIT_ATTENTION_MAX_KEYS
     limit = ATTENTION_KERNELS[choice]
-    clip.CPU_EXPLICIT_ATTENTION_MAX_KEYS = saved if limit is None else limit
+    fast.CPU_EXPLICIT_ATTENTION_MAX_KEYS = saved if limit is None else limit
     try:
         yield
     finally:
-        clip.CPU_EXPLICIT_ATTENTION_MAX_KEYS = saved
+        fast.CPU_EXPLICIT_ATTENTION_MAX_KEYS = saved
 
 
 def _optimizer_kernel(optimizer: torch.optim.Optimizer) -> str:
@@ -128,7 +128,7 @@ def bench_train(config: str = "S", model_name: str = "irra", device: str = "cpu"
         model, optimizer = reference_style.build_reference_style(cfg)
         model.to(dev)  # the optimiser keeps the (moved) parameter objects
         trim = prune = compile = False
-        attention = "nn.MultiheadAttention"  # what it runs; clip.attend is not on its path
+        attention = "nn.MultiheadAttention"  # what it runs; fast.attend is not on its path
     elif impl == "ours":
         model = build_model(cfg, num_classes=max(64, batch_size)).to(dev)
         model.trim_text_padding = trim

@@ -160,6 +160,7 @@ def attention_flop_counter(model: torch.nn.Module, backward: bool) -> Iterator[l
     backward. The causal text mask is not discounted (the usual MFU convention). Yields a one-item list
     holding the running total.
     """
+    from irra_core.model import fast
     from irra_core.model.clip import Attention
 
     total = [0]
@@ -171,26 +172,22 @@ def attention_flop_counter(model: torch.nn.Module, backward: bool) -> Iterator[l
         flops = 4 * query.shape[0] * query.shape[1] * nk * module.width
         total[0] += flops * (3 if backward else 1)
 
-    def counting_packed(module: Attention):
-        original = module.forward_packed
+    original = fast.attention_packed
 
-        def forward_packed(tokens: torch.Tensor, packing) -> torch.Tensor:
-            b, n = packing.shape  # the packed path attends on the padded (B, N) layout
-            total[0] += 4 * b * n * n * module.width * (3 if backward else 1)
-            return original(tokens, packing)
-        return forward_packed
+    def counting_packed(module: Attention, tokens: torch.Tensor, packing) -> torch.Tensor:
+        b, n = packing.shape  # the packed path attends on the padded (B, N) layout
+        total[0] += 4 * b * n * n * module.width * (3 if backward else 1)
+        return original(module, tokens, packing)
 
     modules = [m for m in model.modules() if isinstance(m, Attention)]
     handles = [m.register_forward_pre_hook(hook, with_kwargs=True) for m in modules]
-    for module in modules:
-        module.forward_packed = counting_packed(module)
+    fast.attention_packed = counting_packed
     try:
         yield total
     finally:
         for handle in handles:
             handle.remove()
-        for module in modules:
-            del module.forward_packed  # back to the class method
+        fast.attention_packed = original  # back to the library's function
 
 
 def count_step_flops(run_step, model: torch.nn.Module, backward: bool = True) -> dict:

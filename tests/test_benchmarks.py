@@ -165,19 +165,19 @@ def test_bench_train_compares_with_the_reference_style_step_in_one_process(capsy
 
 
 def test_attention_kernel_switch_routes_short_sequences_and_restores_the_dispatch(monkeypatch):
-    from irra_core.model import clip
+    from irra_core.model import fast
 
     calls = []
     sdpa = torch.nn.functional.scaled_dot_product_attention
     monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention",
                         lambda *a, **k: calls.append(1) or sdpa(*a, **k))
     q = torch.randn(1, 2, 5, 4)
-    default = clip.CPU_EXPLICIT_ATTENTION_MAX_KEYS
+    default = fast.CPU_EXPLICIT_ATTENTION_MAX_KEYS
     with bench_train.attention_kernel("sdpa"):
-        clip.attend(q, q, q)
-    assert len(calls) == 1 and clip.CPU_EXPLICIT_ATTENTION_MAX_KEYS == default
+        fast.attend(q, q, q)
+    assert len(calls) == 1 and fast.CPU_EXPLICIT_ATTENTION_MAX_KEYS == default
     with bench_train.attention_kernel("auto"):
-        clip.attend(q, q, q)  # 5 keys: the explicit path
+        fast.attend(q, q, q)  # 5 keys: the explicit path
     assert len(calls) == 1
     with pytest.raises(ValueError, match="attention"), bench_train.attention_kernel("flash"):
         pass
@@ -203,9 +203,11 @@ def test_flop_count_includes_packed_attention_and_drops_with_pruning():
     cfg2 = common.load_bench_config("S", "irra", smoke=True, extra={"model.text_layers": 2})
     model2 = build_model(cfg2, num_classes=8)
     model2.prune_to_global_token = True
+    from irra_core.model import fast
+    packed_attention = fast.attention_packed
     with common.attention_flop_counter(model2, backward=False) as counted:
         model2.encode_text(batch["caption_ids"])
     b, n = batch["caption_ids"].shape[0], int(batch["caption_ids"].argmax(1).max()) + 1
     width = cfg2.model.text_width
     assert counted[0] == 4 * b * n * n * width + 4 * b * 1 * n * width  # packed block + pruned last block
-    assert "forward_packed" not in vars(model2.base_model.transformer.resblocks[0].attn)  # unpatched again
+    assert fast.attention_packed is packed_attention  # unpatched again

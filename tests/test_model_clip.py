@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from irra_core.model.clip import CLIP, CLIPConfig, clip_config_from_state_dict, interpolate_positional_embedding
+from irra_core.model.clip import CLIP, CLIPConfig
+from irra_core.model.clip_state import clip_config_from_state_dict, interpolate_positional_embedding
 from irra_core.model.pretrained import load_clip_state_dict
 from test_model_presets import single_thread  # noqa: F401  (module-scoped, autouse)
 
@@ -109,7 +110,7 @@ def test_pretrained_square_grid_is_resized_to_irra_input(tmp_path):
 def test_attend_matches_sdpa_on_both_cpu_paths(keys, causal):
     import torch.nn.functional as F
 
-    from irra_core.model.clip import CPU_EXPLICIT_ATTENTION_MAX_KEYS, attend
+    from irra_core.model.fast import CPU_EXPLICIT_ATTENTION_MAX_KEYS, attend
 
     assert (keys <= CPU_EXPLICIT_ATTENTION_MAX_KEYS) == (keys == 9)
     gen = torch.Generator().manual_seed(keys)

@@ -1,7 +1,7 @@
 """Computing only what the global token depends on (``IRRA.prune_to_global_token``) changes no number.
 
-The last block computes one token per sample (``ResidualAttentionBlock.forward_at``); the causal text blocks
-before it run on each caption's packed prefix (``forward_packed``). Both must equal the full computation
+The last block computes one token per sample (``fast.block_at``); the causal text blocks before it run on
+each caption's packed prefix (``fast.transformer_packed``). Both must equal the full computation
 gathered at the global token, for the features, the losses and every gradient. Tolerances: 1e-5 absolute
 on features (fp32, only the summation order differs), 1e-5 relative on losses, 1e-4 of the largest gradient
 entry on gradients.
@@ -12,7 +12,9 @@ import pytest
 import torch
 
 from irra_core.model.capture import capture_attention
-from irra_core.model.clip import Attention, PrefixPacking, Transformer
+from irra_core.model import fast
+from irra_core.model.clip import Attention, Transformer
+from irra_core.model.fast import PrefixPacking
 from test_model_presets import build, make_batch, single_thread  # noqa: F401  (module-scoped, autouse)
 
 
@@ -30,7 +32,7 @@ def test_transformer_output_index_equals_the_full_stack_gathered(causal):
     x = torch.randn(5, 11, 32)
     index = _random_prefix_ends(5, 11)
     full = stack(x, causal=causal)[torch.arange(5), index]
-    pruned = stack(x, causal=causal, output_index=index)
+    pruned = fast.transformer_at(stack, x, index, causal=causal)
     assert pruned.shape == (5, 1, 32)
     torch.testing.assert_close(pruned[:, 0], full, atol=1e-5, rtol=0)
 
@@ -46,7 +48,7 @@ def test_packed_causal_attention_equals_padded_attention_on_the_prefixes():
     unpacked = packing.unpack(x[valid])
     assert (unpacked[~valid] == 0).all() and torch.equal(unpacked[valid], x[valid])
     expected = attention(x, causal=True)[valid]
-    packed = attention.forward_packed(packing.pack(x), packing)
+    packed = fast.attention_packed(attention, packing.pack(x), packing)
     assert packed.shape == (int(valid.sum()), 24)
     torch.testing.assert_close(packed, expected, atol=1e-5, rtol=0)
 
@@ -60,8 +62,8 @@ def test_padding_content_cannot_reach_the_pruned_text_token():
     noisy = x.clone()
     for row, end in enumerate(index.tolist()):
         noisy[row, end + 1:] = 100 * torch.randn(7 - end - 1, 16)
-    torch.testing.assert_close(stack(noisy, causal=True, output_index=index),
-                               stack(x, causal=True, output_index=index), atol=1e-5, rtol=0)
+    torch.testing.assert_close(fast.transformer_at(stack, noisy, index, causal=True),
+                               fast.transformer_at(stack, x, index, causal=True), atol=1e-5, rtol=0)
 
 
 def _loss_and_grads(model, batch) -> tuple[dict, dict]:
@@ -146,7 +148,7 @@ def test_packed_text_tokens_are_zero_after_eot_and_exact_before():
     ids = make_batch(cfg, batch_size=4)["caption_ids"]
     eot = ids.argmax(1)
     with torch.no_grad():
-        packed = model.base_model.encode_text(ids, prefix_end=eot)
+        packed = fast.text_tokens_packed(model.base_model, ids, eot)
         full = model.base_model.encode_text(ids)
     valid = torch.arange(ids.shape[1])[None, :] <= eot[:, None]
     assert (packed[~valid] == 0).all()
@@ -174,7 +176,7 @@ def test_no_packing_while_compiling(monkeypatch):
     stack = Transformer(width=16, layers=3, heads=2)
     x = torch.randn(3, 7, 16)
     index = torch.tensor([2, 6, 0])
-    expected = stack(x, causal=True, output_index=index)
+    expected = fast.transformer_at(stack, x, index, causal=True)
     monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
-    monkeypatch.setattr(Transformer, "forward_packed", lambda *a, **k: pytest.fail("packed while compiling"))
-    torch.testing.assert_close(stack(x, causal=True, output_index=index), expected, atol=1e-5, rtol=0)
+    monkeypatch.setattr(fast, "transformer_packed", lambda *a, **k: pytest.fail("packed while compiling"))
+    torch.testing.assert_close(fast.transformer_at(stack, x, index, causal=True), expected, atol=1e-5, rtol=0)

@@ -11,7 +11,9 @@ from __future__ import annotations
 from torch import nn
 
 from irra_core.config import Config
-from irra_core.model.clip import CLIPConfig, clip_config_from_state_dict, interpolate_positional_embedding
+from irra_core.model import fast
+from irra_core.model.clip import CLIPConfig
+from irra_core.model.clip_state import clip_config_from_state_dict, interpolate_positional_embedding
 from irra_core.model.irra import IRRA
 from irra_core.model.precision import apply_precision
 
@@ -49,7 +51,7 @@ def build_model(cfg: Config, num_classes: int) -> nn.Module:
         load_clip_weights(model.base_model, state, source=str(cfg.model.pretrained))
     else:
         model = IRRA(cfg, clip_config_from_cfg(cfg), num_classes)
-    return apply_precision(model, cfg.model.precision)
+    return apply_precision(fast.use_fast_attention(model), cfg.model.precision)
 
 
 def load_clip_weights(clip: nn.Module, state: dict, *, source: str) -> None:

@@ -1,37 +1,30 @@
 """CLIP's two towers with OpenAI's state-dict layout, IRRA's non-square input and overlapping patches.
 
-The parameter names are those of ``openai/CLIP/clip/model.py`` (``visual.conv1.weight``,
-``visual.transformer.resblocks.N.attn.in_proj_weight``, ``token_embedding.weight``, ``ln_final``,
-``text_projection`` ...), which is also the layout under ``base_model.`` in IRRA and PHP checkpoints, so
-all three load without renaming. The maths is written anew (SPEC §1.9):
+Parameter names are those of ``openai/CLIP/clip/model.py`` (``visual.conv1.weight``, ``ln_final``, ...), also
+the layout under ``base_model.`` in IRRA and PHP checkpoints. The maths is written anew (SPEC §1.9):
 
 * image tower: ``conv1`` (kernel ``patch_size``, stride ``stride_size``) -> CLS + patches + positional
   embedding -> ``ln_pre`` -> transformer -> ``ln_post`` -> ``@ proj``, *all* tokens returned;
 * text tower: token + positional embedding -> causal transformer -> ``ln_final`` -> ``@ text_projection``,
   all tokens returned; the global text feature is the token at ``argmax(ids)`` (the EOT id is the largest).
 
-Tensors are batch-first inside (OpenAI CLIP permutes to sequence-first; the state dict does not care)
-and attention goes through :func:`attend` (SDPA, or an explicit softmax for short sequences on the CPU,
-whichever is faster there). Every attention module can record its probabilities for visualisation
-(:mod:`irra_core.model.capture`); when nothing records, the only cost is one ``is None`` test per call.
+Tensors are batch-first inside (OpenAI CLIP permutes to sequence-first; the state dict does not care).
+Attention runs ``Attention.kernel`` (SDPA here; :mod:`irra_core.model.fast` swaps in a faster CPU kernel and
+holds the paths that compute only the global tokens). Every attention module can record its probabilities
+for visualisation (:mod:`irra_core.model.capture`); when nothing records, the cost is one ``is None`` test.
 """
 from __future__ import annotations
 
-import math
-import re
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
-from typing import Callable, Mapping
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = [
-    "LayerNorm", "QuickGELU", "Attention", "ResidualAttentionBlock", "Transformer", "VisionTransformer",
-    "CLIP", "CLIPConfig", "clip_config_from_state_dict", "initialize_clip_parameters",
-    "interpolate_positional_embedding", "patch_grid",
-]
+__all__ = ["LayerNorm", "QuickGELU", "Attention", "ResidualAttentionBlock", "Transformer", "VisionTransformer",
+           "CLIP", "CLIPConfig", "initialize_clip_parameters", "patch_grid", "sdpa", "attention_probs"]
 
 
 class LayerNorm(nn.LayerNorm):
@@ -54,29 +47,21 @@ class QuickGELU(nn.Module):
 
 #: a recorder receives the attention probabilities (B, heads, Nq, Nk) of one call
 Recorder = Callable[[torch.Tensor], None]
-
-#: On the CPU an explicit softmax(q k^T / sqrt(d)) v beats the fused SDPA kernel for short sequences (forward +
-#: backward, 2 threads: 7.8 vs 11.4 ms at batch 32, 4 heads, 49 tokens; 8.5 vs 10.5 ms at 77 causal tokens)
-#: and loses from ~128 keys on (59.7 vs 45.1 ms at 193 tokens, ViT-B/16 at 384x128). GPUs always use SDPA.
-CPU_EXPLICIT_ATTENTION_MAX_KEYS = 128
+#: an attention kernel: (q (B, h, Nq, d), k, v (B, h, Nk, d), causal, mask) -> (B, h, Nq, d)
+Kernel = Callable[..., torch.Tensor]
 
 
-def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = False,
-           mask: torch.Tensor | None = None) -> torch.Tensor:
-    """softmax(q k^T / sqrt(d) + masks) v: q (B, h, Nq, d), k/v (B, h, Nk, d) -> (B, h, Nq, d).
-
-    ``mask`` (broadcastable to (B, h, Nq, Nk)) bool, True = may attend; ``causal`` hides later positions.
-    Dispatches to the faster kernel for the device and length (see ``CPU_EXPLICIT_ATTENTION_MAX_KEYS``).
-    """
-    if q.device.type != "cpu" or k.shape[-2] > CPU_EXPLICIT_ATTENTION_MAX_KEYS:
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
-    return attention_probs(q, k, causal, mask).to(v.dtype) @ v
+def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = False,
+         mask: torch.Tensor | None = None) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d) + masks) v (PyTorch's fused kernel): q (B, h, Nq, d), k/v (B, h, Nk, d) -> like q.
+    ``mask`` (broadcastable to (B, h, Nq, Nk)) bool, True = may attend; ``causal`` hides later positions."""
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
 
 
 def attention_probs(q: torch.Tensor, k: torch.Tensor, causal: bool = False,
                     mask: torch.Tensor | None = None) -> torch.Tensor:
     """softmax(q k^T / sqrt(d) + masks): q (B, h, Nq, d), k (B, h, Nk, d) -> (B, h, Nq, Nk); masks as in
-    :func:`attend` (a causal query i sees keys 0..i)."""
+    :func:`sdpa` (a causal query i sees keys 0..i)."""
     scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
     if causal:
         nq, nk = scores.shape[-2:]
@@ -87,7 +72,7 @@ def attention_probs(q: torch.Tensor, k: torch.Tensor, causal: bool = False,
 
 
 class Attention(nn.Module):
-    """Multi-head attention with ``nn.MultiheadAttention``'s parameter names, batch-first, via :func:`attend`.
+    """Multi-head attention with ``nn.MultiheadAttention``'s parameter names, batch-first.
 
     Parameters ``in_proj_weight`` (3D, D), ``in_proj_bias`` (3D,) and ``out_proj`` (Linear D->D) keep the
     names found in CLIP/IRRA/PHP checkpoints (and matched by IRRA's fp16 conversion and lr rules).
@@ -104,6 +89,8 @@ class Attention(nn.Module):
         # PyTorch's MultiheadAttention defaults (used by PHP's EFP blocks, which keep the default init)
         nn.init.xavier_uniform_(self.in_proj_weight)
         nn.init.zeros_(self.out_proj.bias)
+        #: the attention maths; :func:`irra_core.model.fast.use_fast_attention` may choose another kernel
+        self.kernel: Kernel = sdpa
         #: set by :func:`irra_core.model.capture.capture_attention`; None = no capture (the fast path)
         self.recorder: Recorder | None = None
 
@@ -115,8 +102,7 @@ class Attention(nn.Module):
                 causal: bool = False, key_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Attend from ``query`` (B, Nq, D) over ``key_value`` (B, Nk, D) (itself when None) -> (B, Nq, D).
 
-        ``key_mask`` (B, Nk) bool, True = may be attended, restricts the keys per sample (used instead of
-        ``causal`` when a single query position per sample is computed).
+        ``key_mask`` (B, Nk) bool, True = may be attended, restricts the keys per sample.
         """
         weight, bias = self.in_proj_weight, self.in_proj_bias
         if key_value is None:
@@ -128,24 +114,11 @@ class Attention(nn.Module):
         q, k, v = self._heads(q), self._heads(k), self._heads(v)
         mask = None if key_mask is None else key_mask[:, None, None, :]
         if self.recorder is None:
-            out = attend(q, k, v, causal, mask)
+            out = self.kernel(q, k, v, causal, mask)
         else:
             out = self._attend_and_record(q, k, v, causal, mask)
         b, _, nq, _ = out.shape
         return self.out_proj(out.transpose(1, 2).reshape(b, nq, self.width))
-
-    def forward_packed(self, tokens: torch.Tensor, packing: PrefixPacking) -> torch.Tensor:
-        """Causal self-attention over packed prefixes: tokens (T, D) = ``packing.pack(x)`` -> (T, D).
-
-        Projections run on the T packed tokens only; the attention itself runs on the padded (B, N) layout,
-        where the zero rows after each prefix sit at later positions and so are never attended by a kept
-        query under the causal mask.
-        """
-        b, n = packing.shape
-        qkv = F.linear(tokens, self.in_proj_weight, self.in_proj_bias)
-        q, k, v = (self._heads(t) for t in packing.unpack(qkv).chunk(3, dim=-1))
-        out = attend(q, k, v, causal=True)
-        return self.out_proj(packing.pack(out.transpose(1, 2).reshape(b, n, self.width)))
 
     def _attend_and_record(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool,
                            mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -176,25 +149,6 @@ class ResidualAttentionBlock(nn.Module):
         x = x + self.attn(self.ln_1(x), causal=causal)
         return x + self.mlp(self.ln_2(x))
 
-    def forward_packed(self, tokens: torch.Tensor, packing: PrefixPacking) -> torch.Tensor:
-        """The causal block on packed prefix tokens (T, D) (see :class:`PrefixPacking`) -> (T, D)."""
-        x = tokens + self.attn.forward_packed(self.ln_1(tokens), packing)
-        return x + self.mlp(self.ln_2(x))
-
-    def forward_at(self, x: torch.Tensor, index: torch.Tensor, causal: bool = False) -> torch.Tensor:
-        """The block's output at one position per sample: x (B, N, D), index (B,) -> (B, 1, D).
-
-        Equal to ``forward(x, causal)[arange(B), index]``: keys and values still come from every position
-        (under ``causal`` only from positions <= index), but the query projection, the output projection,
-        the residual stream and the MLP run on one token instead of N.
-        """
-        rows = torch.arange(x.shape[0], device=x.device)
-        normed = self.ln_1(x)
-        key_mask = prefix_mask(index, x.shape[1]) if causal else None
-        x = x[rows, index].unsqueeze(1)
-        x = x + self.attn(normed[rows, index].unsqueeze(1), normed, key_mask=key_mask)
-        return x + self.mlp(self.ln_2(x))
-
 
 class Transformer(nn.Module):
     """A stack of :class:`ResidualAttentionBlock` under the key ``resblocks``."""
@@ -204,79 +158,11 @@ class Transformer(nn.Module):
         self.width, self.layers, self.heads = width, layers, heads
         self.resblocks = nn.ModuleList([ResidualAttentionBlock(width, heads) for _ in range(layers)])
 
-    def forward(self, x: torch.Tensor, causal: bool = False,
-                output_index: torch.Tensor | None = None) -> torch.Tensor:
-        """x (B, N, D) -> (B, N, D); ``causal`` masks attention to later positions (CLIP's text tower).
-
-        With ``output_index`` (B,) only the token at that position of each sample is returned, (B, 1, D),
-        and the work shrinks to what that token depends on:
-
-        * the last block computes just that token (:meth:`ResidualAttentionBlock.forward_at`): ~20% fewer
-          FLOPs for a 4-layer tower;
-        * under ``causal``, positions after ``output_index`` cannot influence it, so the blocks before the
-          last run on the packed prefixes (:meth:`ResidualAttentionBlock.forward_packed`): captions of a
-          batch cost their own lengths, not the longest one's.
-
-        While any attention is being recorded, every position is computed so the maps stay complete.
-        """
-        if output_index is None:
-            for block in self.resblocks:
-                x = block(x, causal=causal)
-            return x
-        blocks = list(self.resblocks)
-        if not blocks or self.recording:
-            return self.forward(x, causal)[torch.arange(x.shape[0], device=x.device), output_index].unsqueeze(1)
-        *body, last = blocks
-        # packing selects with a data-dependent mask, which torch.compile cannot trace: padded there
-        if causal and body and not torch.compiler.is_compiling():
-            packing = PrefixPacking(output_index, x.shape[1])
-            x = packing.unpack(self.forward_packed(packing.pack(x), packing, blocks=body))
-        else:
-            for block in body:
-                x = block(x, causal=causal)
-        return last.forward_at(x, output_index, causal=causal)
-
-    @property
-    def recording(self) -> bool:
-        """True while any block's attention is being recorded (then every position must be computed)."""
-        return any(block.attn.recorder is not None for block in self.resblocks)
-
-    def forward_packed(self, tokens: torch.Tensor, packing: PrefixPacking,
-                       blocks: list[ResidualAttentionBlock] | None = None) -> torch.Tensor:
-        """The causal stack (or ``blocks`` of it) on packed prefix tokens: tokens (T, D) -> (T, D).
-
-        Equal to ``packing.pack(forward(x, causal=True))`` for ``tokens = packing.pack(x)``, without computing
-        what follows each prefix.
-        """
-        for block in self.resblocks if blocks is None else blocks:
-            tokens = block.forward_packed(tokens, packing)
-        return tokens
-
-
-def prefix_mask(last: torch.Tensor, length: int) -> torch.Tensor:
-    """(B, length) bool, True at positions 0..last[b] of each row; last (B,)."""
-    return torch.arange(length, device=last.device)[None, :] <= last[:, None]
-
-
-class PrefixPacking:
-    """The prefixes 0..last[b] of the rows of a (B, N) batch, packed into T = sum(last + 1) rows.
-
-    The flat indices are found once (one device synchronisation); every :meth:`pack` / :meth:`unpack` after
-    that is a plain gather / scatter, so a stack of blocks does not synchronise again per layer.
-    """
-
-    def __init__(self, last: torch.Tensor, length: int) -> None:
-        self.shape = (last.shape[0], length)
-        self.index = prefix_mask(last, length).reshape(-1).nonzero().squeeze(1)  # (T,) into the B*N rows
-
-    def pack(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, N, ...) -> the kept rows (T, ...), row-major."""
-        return x.reshape(self.shape[0] * self.shape[1], *x.shape[2:]).index_select(0, self.index)
-
-    def unpack(self, tokens: torch.Tensor) -> torch.Tensor:
-        """(T, ...) -> (B, N, ...), zeros after each prefix."""
-        rows = tokens.new_zeros(self.shape[0] * self.shape[1], *tokens.shape[1:]).index_copy(0, self.index, tokens)
-        return rows.view(*self.shape, *tokens.shape[1:])
+    def forward(self, x: torch.Tensor, causal: bool = False) -> torch.Tensor:
+        """x (B, N, D) -> (B, N, D); ``causal`` masks attention to later positions (CLIP's text tower)."""
+        for block in self.resblocks:
+            x = block(x, causal=causal)
+        return x
 
 
 def patch_grid(image_size: tuple[int, int], patch_size: int, stride_size: int) -> tuple[int, int]:
@@ -304,9 +190,8 @@ class VisionTransformer(nn.Module):
         self.ln_post = LayerNorm(width)
         self.proj = nn.Parameter(scale * torch.randn(width, output_dim))
 
-    def forward(self, images: torch.Tensor, cls_only: bool = False) -> torch.Tensor:
-        """images (B, 3, H, W) -> tokens (B, 1 + rows*cols, output_dim), CLS first, after ln_post @ proj;
-        with ``cls_only`` just the CLS token (B, 1, output_dim), its last block computed alone."""
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """images (B, 3, H, W) -> the transformer's input (B, 1 + rows*cols, width): CLS + patches, ln_pre'd."""
         dtype = self.conv1.weight.dtype
         # the residual stream stays in the weights' dtype (fp32, or fp16 under legacy_fp16) even when the conv
         # runs under autocast, so additions promote bf16/fp16 sub-layer outputs back to fp32
@@ -316,9 +201,11 @@ class VisionTransformer(nn.Module):
                              f"this model was built for {self.image_size} (grid {self.grid})")
         x = x.flatten(2).transpose(1, 2)  # (B, P, width), row-major like CLIP's reshape
         cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
-        x = torch.cat([cls, x], dim=1) + self.positional_embedding.to(x.dtype)
-        cls_index = torch.zeros(x.shape[0], dtype=torch.long, device=x.device) if cls_only else None
-        x = self.transformer(self.ln_pre(x), output_index=cls_index)
+        return self.ln_pre(torch.cat([cls, x], dim=1) + self.positional_embedding.to(x.dtype))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """images (B, 3, H, W) -> tokens (B, 1 + rows*cols, output_dim), CLS first, after ln_post @ proj."""
+        x = self.transformer(self.embed(images))
         return self.ln_post(x) @ self.proj.to(x.dtype)
 
 
@@ -365,32 +252,22 @@ class CLIP(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.visual.conv1.weight.dtype
 
-    def encode_image(self, images: torch.Tensor, cls_only: bool = False) -> torch.Tensor:
-        """images (B, 3, H, W) -> all image tokens (B, 1 + P, E) (CLS first), or only CLS (B, 1, E)."""
-        return self.visual(images, cls_only=cls_only)
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        """images (B, 3, H, W) -> all image tokens (B, 1 + P, E), CLS first."""
+        return self.visual(images)
 
-    def encode_text(self, text: torch.Tensor, output_index: torch.Tensor | None = None,
-                    prefix_end: torch.Tensor | None = None) -> torch.Tensor:
-        """token ids (B, L), L <= context_length -> all text tokens (B, L, E) after ln_final @ text_projection.
-
-        With ``output_index`` (B,) (usually the EOT positions) only the token there, (B, 1, E). With
-        ``prefix_end`` (B,) only positions 0..prefix_end[b] are computed (packed, so each caption costs its own
-        length) and the positions after it come back as zeros: for readers that mask them anyway.
-        """
+    def embed_text(self, text: torch.Tensor) -> torch.Tensor:
+        """token ids (B, L), L <= context_length -> token + positional embeddings (B, L, width). (The causal mask
+        keeps position i independent of later padding, so slicing the table to L changes nothing.)"""
         length = text.shape[1]
         if length > self.context_length:
             raise ValueError(f"captions of {length} tokens exceed the text tower's context length "
                              f"{self.context_length}")
-        dtype = self.dtype
-        x = self.token_embedding(text).to(dtype) + self.positional_embedding[:length].to(dtype)
-        # the causal mask makes position i independent of later (padding) positions, so slicing the
-        # positional table to L changes nothing for captions padded to any length >= L
-        if (prefix_end is not None and output_index is None and not self.transformer.recording
-                and not torch.compiler.is_compiling()):
-            packing = PrefixPacking(prefix_end, length)
-            packed = self.transformer.forward_packed(packing.pack(x), packing)
-            return packing.unpack(self.ln_final(packed) @ self.text_projection.to(x.dtype))
-        x = self.transformer(x, causal=True, output_index=output_index)
+        return self.token_embedding(text).to(self.dtype) + self.positional_embedding[:length].to(self.dtype)
+
+    def encode_text(self, text: torch.Tensor) -> torch.Tensor:
+        """token ids (B, L) -> all text tokens (B, L, E) after ln_final @ text_projection."""
+        x = self.transformer(self.embed_text(text), causal=True)
         return self.ln_final(x) @ self.text_projection.to(x.dtype)
 
     def forward(self, images: torch.Tensor, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -398,14 +275,9 @@ class CLIP(nn.Module):
 
 
 def initialize_clip_parameters(model: CLIP) -> None:
-    """OpenAI CLIP's ``initialize_parameters`` (for training from scratch).
-
-    Token embedding N(0, 0.02), text positional embedding N(0, 0.01); text blocks: attention in-proj
-    N(0, w^-1/2), out-proj and ``c_proj`` N(0, w^-1/2 (2 L)^-1/2), ``c_fc`` N(0, (2 w)^-1/2);
-    ``text_projection`` N(0, w^-1/2). The image tower keeps the initialisation CLIP's ``VisionTransformer``
-    constructor gives it (class/positional embedding and ``proj`` w^-1/2 N(0, 1), PyTorch defaults for
-    the blocks, as ``nn.MultiheadAttention``: Xavier in-proj, zero biases).
-    """
+    """OpenAI CLIP's ``initialize_parameters``: token embedding N(0, 0.02), text positional N(0, 0.01), the text
+    blocks by :func:`init_transformer_like_clip`, ``text_projection`` N(0, w^-1/2). The image tower keeps its
+    constructor's init (embeddings and ``proj`` w^-1/2 N(0, 1); blocks: Xavier in-proj, zero biases)."""
     nn.init.normal_(model.token_embedding.weight, std=0.02)
     nn.init.normal_(model.positional_embedding, std=0.01)
     width, layers = model.transformer.width, model.transformer.layers
@@ -414,7 +286,8 @@ def initialize_clip_parameters(model: CLIP) -> None:
 
 
 def init_transformer_like_clip(transformer: Transformer, width: int, layers: int) -> None:
-    """CLIP's std rule for a stack of blocks (also IRRA's rule for its cross-modal transformer)."""
+    """CLIP's std rule for a stack of blocks (also IRRA's for its cross-modal transformer): in-proj N(0, w^-1/2),
+    out-proj and ``c_proj`` N(0, w^-1/2 (2 L)^-1/2), ``c_fc`` N(0, (2 w)^-1/2)."""
     attn_std = width ** -0.5
     proj_std = width ** -0.5 * (2 * layers) ** -0.5
     fc_std = (2 * width) ** -0.5
@@ -423,70 +296,3 @@ def init_transformer_like_clip(transformer: Transformer, width: int, layers: int
         nn.init.normal_(block.attn.out_proj.weight, std=proj_std)
         nn.init.normal_(block.mlp.c_fc.weight, std=fc_std)
         nn.init.normal_(block.mlp.c_proj.weight, std=proj_std)
-
-
-_BLOCK_KEY = re.compile(r"^(visual\.)?transformer\.resblocks\.(\d+)\.attn\.in_proj_weight$")
-
-
-def clip_config_from_state_dict(state_dict: Mapping[str, torch.Tensor], *, image_resolution: tuple[int, int],
-                                stride_size: int, vision_heads: int | None = None,
-                                transformer_heads: int | None = None) -> CLIPConfig:
-    """Infer every tower hyper-parameter from a CLIP state dict (keys without ``base_model.``).
-
-    Widths come from ``visual.conv1.weight`` and ``ln_final.weight``, the embedding dimension from
-    ``text_projection``, the patch size from the conv kernel, layer counts from the block keys, the
-    context length and vocabulary from the embeddings. Head counts are not stored in a state dict; like
-    OpenAI's ``build_model`` (and IRRA) they default to ``width // 64``.
-
-    Raises:
-        KeyError: a required key is missing (the message lists what was found).
-    """
-    required = ("visual.conv1.weight", "ln_final.weight", "text_projection", "positional_embedding",
-                "token_embedding.weight")
-    missing = [k for k in required if k not in state_dict]
-    if missing:
-        raise KeyError(f"not a CLIP state dict: missing {missing}; first keys found: {list(state_dict)[:8]}")
-    vision_width = state_dict["visual.conv1.weight"].shape[0]
-    text_width = state_dict["ln_final.weight"].shape[0]
-    layers = {"visual": set(), "text": set()}
-    for key in state_dict:
-        match = _BLOCK_KEY.match(key)
-        if match:
-            layers["visual" if match.group(1) else "text"].add(int(match.group(2)))
-    return CLIPConfig(
-        embed_dim=state_dict["text_projection"].shape[1],
-        image_resolution=tuple(int(v) for v in image_resolution),
-        vision_layers=len(layers["visual"]),
-        vision_width=vision_width,
-        vision_patch_size=state_dict["visual.conv1.weight"].shape[-1],
-        stride_size=int(stride_size),
-        context_length=state_dict["positional_embedding"].shape[0],
-        vocab_size=state_dict["token_embedding.weight"].shape[0],
-        transformer_width=text_width,
-        transformer_heads=transformer_heads or max(1, text_width // 64),
-        transformer_layers=len(layers["text"]),
-        vision_heads=vision_heads or max(1, vision_width // 64),
-    )
-
-
-def interpolate_positional_embedding(posemb: torch.Tensor, grid: tuple[int, int],
-                                     old_grid: tuple[int, int] | None = None) -> torch.Tensor:
-    """Resize a ViT positional embedding (1 + P_old, D) to ``grid`` (IRRA's ``resize_pos_embed``).
-
-    The CLS row is kept; the patch rows, laid out on ``old_grid`` (a square when not given, as in
-    OpenAI's checkpoints), are resized with bilinear interpolation (``align_corners=False``).
-    """
-    cls, patches = posemb[:1], posemb[1:]
-    if old_grid is None:
-        side = math.isqrt(patches.shape[0])
-        if side * side != patches.shape[0]:
-            raise ValueError(f"cannot infer the patch grid of a positional embedding with {patches.shape[0]} "
-                             f"patch rows (not a square); pass old_grid")
-        old_grid = (side, side)
-    if tuple(old_grid) == tuple(grid):
-        return posemb
-    dtype = posemb.dtype
-    image = patches.float().reshape(1, old_grid[0], old_grid[1], -1).permute(0, 3, 1, 2)
-    image = F.interpolate(image, size=tuple(grid), mode="bilinear", align_corners=False)
-    patches = image.permute(0, 2, 3, 1).reshape(grid[0] * grid[1], -1)
-    return torch.cat([cls.float(), patches], dim=0).to(dtype)

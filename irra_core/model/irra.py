@@ -17,6 +17,7 @@ from torch import nn
 
 from irra_core import losses
 from irra_core.config import Config
+from irra_core.model import fast
 from irra_core.model.clip import CLIP, Attention, CLIPConfig, LayerNorm, QuickGELU, Transformer, init_transformer_like_clip
 from irra_core.model.php import CRFM, EFP, LayerRouting
 
@@ -105,7 +106,10 @@ class IRRA(nn.Module):
         ``need_tokens=False`` allows the tokens to be just the CLS token (B, 1, D) (see
         ``prune_to_global_token``); the global features are the same either way.
         """
-        tokens = self.base_model.encode_image(images, cls_only=self._global_only(need_tokens))
+        if self._global_only(need_tokens):
+            tokens = fast.image_global_token(self.base_model.visual, images)
+        else:
+            tokens = self.base_model.encode_image(images)
         feats = tokens[:, 0].float()
         routing: list[LayerRouting] = []
         if self.arch == "php":
@@ -123,15 +127,15 @@ class IRRA(nn.Module):
         """
         eot = text_global_index(caption_ids)
         if self.trim_text_padding and not (self.arch == "php" and self.crfm_attend_padding):
-            length = int(eot.max()) + 1
-            if length < caption_ids.shape[1]:
-                caption_ids = caption_ids[:, :length]
+            caption_ids = fast.trim_padding(caption_ids, eot)
         if self._global_only(need_tokens):
-            tokens = self.base_model.encode_text(caption_ids, output_index=eot)
+            tokens = fast.text_global_token(self.base_model, caption_ids, eot)
             return tokens[:, 0].float(), tokens, []
         # PHP with padding masked in CRFM reads nothing after EOT: run each caption on its own tokens
-        pack = self.arch == "php" and self.trim_text_padding and not self.crfm_attend_padding
-        tokens = self.base_model.encode_text(caption_ids, prefix_end=eot if pack else None)
+        if self.arch == "php" and self.trim_text_padding and not self.crfm_attend_padding:
+            tokens = fast.text_tokens_packed(self.base_model, caption_ids, eot)
+        else:
+            tokens = self.base_model.encode_text(caption_ids)
         feats = tokens[torch.arange(tokens.shape[0], device=tokens.device), eot].float()
         routing: list[LayerRouting] = []
         if self.arch == "php":

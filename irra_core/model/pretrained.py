@@ -161,7 +161,8 @@ def load_pretrained_clip(name_or_path: str | Path, image_resolution: tuple[int, 
     """A :class:`irra_core.model.clip.CLIP` with pretrained weights at IRRA's input size (positional
     embedding interpolated to the patch grid), sizes inferred from the weights."""
     from irra_core.model.build import load_clip_weights
-    from irra_core.model.clip import CLIP, clip_config_from_state_dict
+    from irra_core.model.clip import CLIP
+    from irra_core.model.clip_state import clip_config_from_state_dict
 
     state = load_clip_state_dict(name_or_path)
     model = CLIP(clip_config_from_state_dict(state, image_resolution=image_resolution, stride_size=stride_size))

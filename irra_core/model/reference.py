@@ -25,7 +25,7 @@ import yaml
 from torch import nn
 
 from irra_core.config import Config, ModelConfig, LossConfig, config_from_reference_args, set_value, validate
-from irra_core.model.clip import clip_config_from_state_dict
+from irra_core.model.clip_state import clip_config_from_state_dict
 from irra_core.model.irra import IRRA
 from irra_core.model.precision import apply_precision
 
