@@ -286,8 +286,7 @@ def _fit(cfg: Config, run_dir: Path, callbacks: list, resume: bool, dataset: Any
     if dist_info.enabled:
         train_model = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False,
-            # top-k routing can leave an expert without tokens in a batch
-            find_unused_parameters=cfg.model.arch == "php")
+            find_unused_parameters=model.find_unused_parameters)
     progress = Progress(cfg.train.progress, cfg.train.log_period, enabled=main)
     main_callbacks = callbacks if main else []
     gather = gather_batch if dist_info.enabled else None

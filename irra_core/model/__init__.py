@@ -10,10 +10,11 @@ from irra_core.model.build import build_model, clip_config_from_cfg
 from irra_core.model.capture import capture_attention, capture_routing
 from irra_core.model.clip import CLIP, CLIPConfig
 from irra_core.model.irra import IRRA
+from irra_core.model.php import PHP
 from irra_core.model.pretrained import load_clip_state_dict, load_pretrained_clip
 from irra_core.model.reference import load_reference_run
 
 __all__ = [
     "build_model", "clip_config_from_cfg", "load_reference_run", "load_pretrained_clip", "load_clip_state_dict",
-    "capture_attention", "capture_routing", "CLIP", "CLIPConfig", "IRRA",
+    "capture_attention", "capture_routing", "CLIP", "CLIPConfig", "IRRA", "PHP",
 ]

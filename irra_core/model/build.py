@@ -11,10 +11,9 @@ from __future__ import annotations
 from torch import nn
 
 from irra_core.config import Config
-from irra_core.model import fast
 from irra_core.model.clip import CLIPConfig
 from irra_core.model.clip_state import clip_config_from_state_dict, interpolate_positional_embedding
-from irra_core.model.irra import IRRA
+from irra_core.model.architectures import create_model
 from irra_core.model.precision import apply_precision
 
 __all__ = ["build_model", "clip_config_from_cfg"]
@@ -38,7 +37,8 @@ def build_model(cfg: Config, num_classes: int) -> nn.Module:
         num_classes: training identities (size of the ID classifier; ignored without the ``id`` loss).
 
     Returns:
-        An :class:`irra_core.model.irra.IRRA` in training mode, weights in ``cfg.model.precision``'s
+        An :class:`irra_core.model.irra.IRRA` (or its subclass :class:`~irra_core.model.php.PHP`, the class
+        ``ARCHITECTURES[cfg.model.arch]`` of :mod:`irra_core.model.architectures`) in training mode, weights in ``cfg.model.precision``'s
         layout (``legacy_fp16``: IRRA's fp16 conversion; autocast modes keep float32 weights).
     """
     if cfg.model.pretrained:
@@ -47,11 +47,11 @@ def build_model(cfg: Config, num_classes: int) -> nn.Module:
         state = load_clip_state_dict(cfg.model.pretrained)
         clip_config = clip_config_from_state_dict(state, image_resolution=tuple(cfg.data.img_size),
                                                   stride_size=cfg.model.stride_size)
-        model = IRRA(cfg, clip_config, num_classes)
+        model = create_model(cfg, clip_config, num_classes)
         load_clip_weights(model.base_model, state, source=str(cfg.model.pretrained))
     else:
-        model = IRRA(cfg, clip_config_from_cfg(cfg), num_classes)
-    return apply_precision(fast.use_fast_attention(model), cfg.model.precision)
+        model = create_model(cfg, clip_config_from_cfg(cfg), num_classes)
+    return apply_precision(model, cfg.model.precision)
 
 
 def load_clip_weights(clip: nn.Module, state: dict, *, source: str) -> None:

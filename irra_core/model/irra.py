@@ -1,11 +1,10 @@
-"""IRRA's model (CLIP + ID classifier + implicit relation reasoning), and PHP as IRRA plus CRFM/EFP.
+"""IRRA's model: CLIP + ID classifier + implicit relation reasoning (PHP extends it in :mod:`.php`).
 
-Written anew from SPEC §1.9 and §2.6. Attribute names are IRRA's and PHP's (``base_model``,
-``classifier``, ``cross_attn``, ``cross_modal_transformer``, ``ln_pre_t``, ``ln_pre_i``, ``ln_post``,
-``mlm_head.{dense,gelu,ln,fc}``, ``safl``, ``shared_transformer``), so their checkpoints load directly.
+Written anew from SPEC §1.9. Attribute names are IRRA's (``base_model``, ``classifier``, ``cross_attn``,
+``cross_modal_transformer``, ``ln_pre_t``, ``ln_pre_i``, ``ln_post``, ``mlm_head.{dense,gelu,ln,fc}``), so
+its checkpoints load directly.
 
-Global features: image = CLS token, text = token at ``argmax(ids)`` (EOT); PHP adds the mean over the cnum
-EFP outputs of the tower's CRFM tokens. ``forward(batch)`` returns IRRA's loss keys, already weighted by
+Global features: image = CLS token, text = token at ``argmax(ids)`` (EOT). ``forward(batch)`` returns IRRA's loss keys, already weighted by
 ``cfg.loss.*_weight`` (the release's hard-coded ITC x5 / MLM x0.5 are configuration values here).
 """
 from __future__ import annotations
@@ -19,7 +18,6 @@ from irra_core import losses
 from irra_core.config import Config
 from irra_core.model import fast
 from irra_core.model.clip import CLIP, Attention, CLIPConfig, LayerNorm, QuickGELU, Transformer, init_transformer_like_clip
-from irra_core.model.php import CRFM, EFP, LayerRouting
 
 __all__ = ["IRRA", "text_global_index"]
 
@@ -30,7 +28,8 @@ def text_global_index(caption_ids: torch.Tensor) -> torch.Tensor:
 
 
 class IRRA(nn.Module):
-    """IRRA (``arch="irra"``) or PHP (``arch="php"``), heads chosen by ``cfg.loss.names``.
+    """IRRA, heads chosen by ``cfg.loss.names``. Feature methods return ``(global, tokens, routing)``; routing is
+    ``[]`` here and PHP's per-layer expert routing in :class:`irra_core.model.php.PHP`.
 
     Args:
         cfg: the run configuration (``cfg.model``: architecture and switches; ``cfg.loss``: names, weights).
@@ -38,10 +37,13 @@ class IRRA(nn.Module):
         num_classes: identities of the training split (the ID classifier's outputs; unused without ``id``).
     """
 
+    #: DistributedDataParallel must look for parameters without a gradient (PHP: top-k routing can leave an
+    #: expert without tokens in a batch)
+    find_unused_parameters = False
+
     def __init__(self, cfg: Config, clip_config: CLIPConfig, num_classes: int) -> None:
         super().__init__()
         self.cfg = cfg
-        self.arch = cfg.model.arch
         self.loss_names = cfg.loss_names()
         self.logit_scale = 1.0 / cfg.model.temperature  # a constant, as in IRRA (CLIP's learnable one is off)
         self.base_model = CLIP(clip_config)
@@ -77,12 +79,6 @@ class IRRA(nn.Module):
                 ("dense", nn.Linear(dim, dim)), ("gelu", QuickGELU()), ("ln", LayerNorm(dim)),
                 ("fc", nn.Linear(dim, clip_config.vocab_size))]))
             self._init_cross_modal(dim, cfg.model.cmt_depth)
-        if self.arch == "php":
-            m = cfg.model
-            self.safl = CRFM(dim, m.cnum)
-            self.shared_transformer = EFP(dim, m.moe_layers, m.moe_heads, m.num_experts, m.topk, m.reduction,
-                                          m.adapter_dropout, attention=m.efp_attention, gating=m.moe_gating)
-            self.crfm_attend_padding = m.crfm_attend_padding
 
     def _init_cross_modal(self, width: int, depth: int) -> None:
         # IRRA: CLIP's std rule for the cross-modal blocks, the cross attention and the MLM head
@@ -97,10 +93,10 @@ class IRRA(nn.Module):
 
     # ------------------------------------------------------------------ features
     def _global_only(self, need_tokens: bool) -> bool:
-        return not need_tokens and self.arch == "irra" and self.prune_to_global_token
+        return not need_tokens and self.prune_to_global_token
 
     def image_features(self, images: torch.Tensor, need_tokens: bool = True
-                       ) -> tuple[torch.Tensor, torch.Tensor, list[LayerRouting]]:
+                       ) -> tuple[torch.Tensor, torch.Tensor, list]:
         """images (B, 3, H, W) -> (global (B, D) float32, all tokens (B, 1 + P, D), EFP routing).
 
         ``need_tokens=False`` allows the tokens to be just the CLS token (B, 1, D) (see
@@ -110,43 +106,23 @@ class IRRA(nn.Module):
             tokens = fast.image_global_token(self.base_model.visual, images)
         else:
             tokens = self.base_model.encode_image(images)
-        feats = tokens[:, 0].float()
-        routing: list[LayerRouting] = []
-        if self.arch == "php":
-            unified = self.safl(tokens[:, 1:], modality="image")
-            efp, routing = self.shared_transformer(unified, "image")
-            feats = feats + efp.float().mean(dim=1)
-        return feats, tokens, routing
+        return tokens[:, 0].float(), tokens, []
 
     def text_features(self, caption_ids: torch.Tensor, need_tokens: bool = True
-                      ) -> tuple[torch.Tensor, torch.Tensor, list[LayerRouting]]:
+                      ) -> tuple[torch.Tensor, torch.Tensor, list]:
         """caption ids (B, L) -> (global (B, D) float32, tokens (B, L', D), EFP routing).
 
         L' = L, or the longest caption of the batch (EOT included) when ``trim_text_padding`` applies.
         ``need_tokens=False`` allows the tokens to be just the EOT token (B, 1, D).
         """
         eot = text_global_index(caption_ids)
-        if self.trim_text_padding and not (self.arch == "php" and self.crfm_attend_padding):
+        if self.trim_text_padding:
             caption_ids = fast.trim_padding(caption_ids, eot)
         if self._global_only(need_tokens):
             tokens = fast.text_global_token(self.base_model, caption_ids, eot)
             return tokens[:, 0].float(), tokens, []
-        # PHP with padding masked in CRFM reads nothing after EOT: run each caption on its own tokens
-        if self.arch == "php" and self.trim_text_padding and not self.crfm_attend_padding:
-            tokens = fast.text_tokens_packed(self.base_model, caption_ids, eot)
-        else:
-            tokens = self.base_model.encode_text(caption_ids)
-        feats = tokens[torch.arange(tokens.shape[0], device=tokens.device), eot].float()
-        routing: list[LayerRouting] = []
-        if self.arch == "php":
-            valid = None
-            if not self.crfm_attend_padding:
-                positions = torch.arange(caption_ids.shape[1], device=caption_ids.device)
-                valid = positions[None, :] <= eot[:, None]  # the caption up to and including EOT
-            unified = self.safl(tokens, valid, modality="text")
-            efp, routing = self.shared_transformer(unified, "text")
-            feats = feats + efp.float().mean(dim=1)
-        return feats, tokens, routing
+        tokens = self.base_model.encode_text(caption_ids)
+        return tokens[torch.arange(tokens.shape[0], device=tokens.device), eot].float(), tokens, []
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         """images (B, 3, H, W) -> (B, D) float32, not normalised."""
@@ -192,13 +168,12 @@ class IRRA(nn.Module):
             ret.update(self._id_terms(image_feats, text_feats, batch["pids"]))
         if "mlm" in names:
             ret.update(self._mlm_terms(batch["mlm_ids"], batch["mlm_labels"], image_tokens))
-        if self.arch == "php":
-            if "aux" in names:
-                aux = sum(r.aux for r in image_routing) + sum(r.aux for r in text_routing)
-                ret["aux_loss"] = aux * w.aux_weight
-            experts = self.shared_transformer.num_experts
+        if "aux" in names:
+            ret["aux_loss"] = (sum(r.aux for r in image_routing) + sum(r.aux for r in text_routing)) * w.aux_weight
+        if image_routing or text_routing:
             ret["routing"] = {
-                modality: [{"counts": r.counts(experts).detach(), "aux": r.aux.detach()} for r in routing]
+                modality: [{"counts": r.counts(r.gate_logits.shape[-1]).detach(), "aux": r.aux.detach()}
+                           for r in routing]
                 for modality, routing in (("image", image_routing), ("text", text_routing))}
         return ret
 

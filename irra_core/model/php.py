@@ -1,4 +1,4 @@
-"""PHP's additions to IRRA: CRFM (unified tokens) and EFP (transformer blocks with a mixture of adapters).
+"""PHP = IRRA + CRFM (unified tokens) + EFP (transformer blocks with a mixture of adapters): :class:`PHP`.
 
 Written anew from SPEC §2.4-§2.5 and §2.11-§2.12. Module and parameter names follow PHP's checkpoints
 (``safl.*``, ``shared_transformer.resblocks.N.{attn,ln_1,ln_2,ln_3,mlp,comb_param,feed_forward.*}``) so
@@ -26,10 +26,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from irra_core.config import Config
 from irra_core.losses import moe_aux_loss
-from irra_core.model.clip import Attention, LayerNorm, clip_mlp
+from irra_core.model import fast
+from irra_core.model.clip import Attention, CLIPConfig, LayerNorm, clip_mlp
+from irra_core.model.irra import IRRA, text_global_index
 
-__all__ = ["CRFM", "Adapter", "MoEAdapters", "EFPBlock", "EFP", "LayerRouting", "MODALITIES"]
+__all__ = ["PHP", "CRFM", "Adapter", "MoEAdapters", "EFPBlock", "EFP", "LayerRouting", "MODALITIES"]
 
 MODALITIES = ("image", "text")
 
@@ -234,3 +237,48 @@ class EFP(nn.Module):
             x, layer = block(x, modality, self.attention == "batch")
             routing.append(layer)
         return x, routing
+
+
+class PHP(IRRA):
+    """PHP (SPEC §2.6): IRRA whose global features add the mean of EFP(CRFM(tokens)) of each tower.
+
+    g_image = CLS + mean_c EFP(CRFM(patch tokens))_c, g_text = EOT + mean_c EFP(CRFM(caption tokens))_c, with
+    one CRFM and one EFP shared by both towers. ``crfm_attend_padding`` (the release) pools text over all L
+    positions; by default CRFM sees the caption up to EOT, and under ``trim_text_padding`` each caption then
+    runs packed on its own tokens. ``prune_to_global_token`` never applies: CRFM reads every token.
+    """
+
+    find_unused_parameters = True
+
+    def __init__(self, cfg: Config, clip_config: CLIPConfig, num_classes: int) -> None:
+        super().__init__(cfg, clip_config, num_classes)
+        m = cfg.model
+        self.safl = CRFM(self.embed_dim, m.cnum)
+        self.shared_transformer = EFP(self.embed_dim, m.moe_layers, m.moe_heads, m.num_experts, m.topk, m.reduction,
+                                      m.adapter_dropout, attention=m.efp_attention, gating=m.moe_gating)
+        self.crfm_attend_padding = m.crfm_attend_padding
+
+    def image_features(self, images: torch.Tensor, need_tokens: bool = True
+                       ) -> tuple[torch.Tensor, torch.Tensor, list[LayerRouting]]:
+        """images (B, 3, H, W) -> (global (B, D) float32, all tokens (B, 1 + P, D), one routing per EFP layer)."""
+        tokens = self.base_model.encode_image(images)
+        unified, routing = self.shared_transformer(self.safl(tokens[:, 1:], modality="image"), "image")
+        return tokens[:, 0].float() + unified.float().mean(dim=1), tokens, routing
+
+    def text_features(self, caption_ids: torch.Tensor, need_tokens: bool = True
+                      ) -> tuple[torch.Tensor, torch.Tensor, list[LayerRouting]]:
+        """caption ids (B, L) -> (global (B, D) float32, tokens (B, L', D), one routing per EFP layer).
+
+        L' = L, or the batch's longest caption under ``trim_text_padding`` (unless CRFM attends padding).
+        """
+        eot = text_global_index(caption_ids)
+        if self.trim_text_padding and not self.crfm_attend_padding:  # CRFM reads nothing after EOT: each
+            caption_ids = fast.trim_padding(caption_ids, eot)  # caption runs on its own tokens
+            tokens = fast.text_tokens_packed(self.base_model, caption_ids, eot)
+        else:
+            tokens = self.base_model.encode_text(caption_ids)
+        # CRFM pools the caption up to and including EOT (the release: every position)
+        valid = None if self.crfm_attend_padding else fast.prefix_mask(eot, caption_ids.shape[1])
+        unified, routing = self.shared_transformer(self.safl(tokens, valid, modality="text"), "text")
+        feats = tokens[torch.arange(tokens.shape[0], device=tokens.device), eot].float()
+        return feats + unified.float().mean(dim=1), tokens, routing

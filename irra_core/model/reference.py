@@ -26,15 +26,16 @@ from torch import nn
 
 from irra_core.config import Config, ModelConfig, LossConfig, config_from_reference_args, set_value, validate
 from irra_core.model.clip_state import clip_config_from_state_dict
+from irra_core.model.architectures import create_model
 from irra_core.model.irra import IRRA
 from irra_core.model.precision import apply_precision
 
 __all__ = ["load_reference_run", "read_reference_options", "read_state_dict", "check_state_dict",
            "REFERENCE_BEHAVIOUR", "DROPPED_KEY_PATTERNS"]
 
-#: every model switch at the value of the released code (PHP); IRRA has no model-level switch
-REFERENCE_BEHAVIOUR = {"efp_attention": "batch", "moe_gating": "shared", "crfm_attend_padding": True,
-                       "itc_weight": 5.0, "mlm_weight": 0.5}
+#: per architecture, every model switch at the value of the released code (PHP); IRRA has no model-level switch
+REFERENCE_BEHAVIOUR = {"php": {"efp_attention": "batch", "moe_gating": "shared", "crfm_attend_padding": True,
+                               "itc_weight": 5.0, "mlm_weight": 0.5}}
 #: checkpoint keys accepted and dropped (see the module docstring)
 DROPPED_KEY_PATTERNS = (re.compile(r"(^|\.)expert_count_accum$"), re.compile(r"(^|\.)token_count_accum$"),
                         re.compile(r"^safl\.pos_embeding$"))
@@ -141,7 +142,7 @@ def load_reference_run(run_dir: str | Path, *, reference_behaviour: bool = False
     set_value(cfg, "model.pretrained", "")  # the weights are in the checkpoint, never downloaded
     set_value(cfg, "model.precision", "fp32")
     if reference_behaviour:
-        _apply_overrides(cfg, REFERENCE_BEHAVIOUR if cfg.model.arch == "php" else {})
+        _apply_overrides(cfg, REFERENCE_BEHAVIOUR.get(cfg.model.arch, {}))
     _apply_overrides(cfg, overrides)
 
     state = read_state_dict(run_dir / checkpoint)
@@ -174,7 +175,7 @@ def load_reference_run(run_dir: str | Path, *, reference_behaviour: bool = False
     validate(cfg)
     num_classes = int(state["classifier.weight"].shape[0]) if "classifier.weight" in state else 0
     grid_rows = base.get("visual.positional_embedding")
-    model = IRRA(cfg, clip_config, num_classes)
+    model = create_model(cfg, clip_config, num_classes)
     if grid_rows is not None and grid_rows.shape[0] != model.base_model.visual.positional_embedding.shape[0]:
         raise ValueError(f"{run_dir / checkpoint}: the image positional embedding has {grid_rows.shape[0]} rows, "
                          f"but img_size {tuple(cfg.data.img_size)} with stride {cfg.model.stride_size} needs "
