@@ -41,6 +41,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import S_OVERRIDES, matmul_gflops, synthetic_batch  # noqa: E402,F401 (shared helpers)
+from irra_core import losses  # noqa: E402
 from irra_core.config import load_config  # noqa: E402
 from irra_core.model import build_model  # noqa: E402
 from irra_core.optim import build_optimizer  # noqa: E402
@@ -98,8 +99,7 @@ def bench_case(name: str, device: torch.device, steps: int, smoke: bool, trim: b
     def step():
         optimizer.zero_grad(set_to_none=True)
         with autocast():
-            out = model(batch)
-            loss = sum(v for k, v in out.items() if k.endswith("_loss"))
+            loss = sum(losses.total_loss(model(batch), batch, cfg.loss_weights()).values())
         loss.backward()
         optimizer.step()
 

@@ -219,14 +219,14 @@ class ReferenceStyleCLIP(nn.Module):
 
     def forward(self, batch: dict) -> dict:
         """``images`` (B, 3, H, W), ``caption_ids`` (B, L), ``pids`` (B,) -> ``{name}_loss`` (weighted scalars)
-        for sdm/itc in ``cfg.loss.names``, and ``temperature``, like :meth:`irra_core.model.irra.IRRA.forward`."""
+        for sdm/itc in ``cfg.loss.names``, as IRRA's forward returns them (the terms of our ``total_loss``)."""
         image_feats, text_feats = self.global_features(batch["images"], batch["caption_ids"])
-        weights, scale = self.cfg.loss, self.logit_scale
-        ret: dict = {"temperature": torch.tensor(1.0 / scale, device=image_feats.device)}
+        weights, scale = self.cfg.loss.weights, self.logit_scale
+        ret: dict = {}
         if "itc" in self.loss_names:
-            ret["itc_loss"] = losses.compute_itc(image_feats, text_feats, scale) * weights.itc_weight
+            ret["itc_loss"] = losses.compute_itc(image_feats, text_feats, scale) * weights["itc"]
         if "sdm" in self.loss_names:
-            ret["sdm_loss"] = losses.compute_sdm(image_feats, text_feats, batch["pids"], scale) * weights.sdm_weight
+            ret["sdm_loss"] = losses.compute_sdm(image_feats, text_feats, batch["pids"], scale) * weights["sdm"]
         return ret
 
 

@@ -91,17 +91,21 @@ class ModelConfig:
     precision: str = "fp32"  # fp32 | bf16 | fp16 | legacy_fp16
 
 
+#: loss name -> its weight unless a preset or override sets one (``loss.weights.itc: 5`` or the older
+#: ``loss.itc_weight: 5``); a loss of ``irra_core.losses.LOSSES`` is usable once it has a weight here
+DEFAULT_LOSS_WEIGHTS = {
+    "sdm": 1.0, "itc": 1.0,  # PHP's release hard-codes ITC x5
+    "id": 1.0, "mlm": 1.0,  # PHP's release hard-codes MLM x0.5
+    "cmpm": 1.0, "aux": 0.5,  # PHP's aux_factor
+}
+
+
 @dataclass
 class LossConfig:
     # '+'-separated: sdm itc id mlm cmpm aux. IRRA's default adds mlm, which needs data.mlm (--MLM): the
     # schema defaults must validate on their own, so mlm is opted into together with data.mlm (presets do)
     names: str = "sdm+id"
-    sdm_weight: float = 1.0
-    itc_weight: float = 1.0  # PHP's release hard-codes 5
-    id_weight: float = 1.0
-    mlm_weight: float = 1.0  # PHP's release hard-codes 0.5
-    cmpm_weight: float = 1.0
-    aux_weight: float = 0.5  # PHP's aux_factor
+    weights: dict = field(default_factory=lambda: dict(DEFAULT_LOSS_WEIGHTS))  # name -> weight
 
 
 @dataclass
@@ -163,6 +167,10 @@ class Config:
     def loss_names(self) -> list[str]:
         return [n for n in self.loss.names.split("+") if n]
 
+    def loss_weights(self) -> dict[str, float]:
+        """``{name: weight}`` of the losses in ``loss.names``, in that order (for ``losses.total_loss``)."""
+        return {name: self.loss.weights[name] for name in self.loss_names()}
+
 
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "loss": LossConfig, "optim": OptimConfig, "train": TrainConfig}
 
@@ -184,7 +192,6 @@ CHOICES: dict[str, tuple] = {
     "train.select_on": ("val", "test", "last"),
     "train.progress": ("auto", "bar", "lines", "none"),
 }
-KNOWN_LOSSES = ("sdm", "itc", "id", "mlm", "cmpm", "aux")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -264,8 +271,23 @@ def _apply(cfg: Config, values: Mapping[str, Any], *, source: str) -> None:
 
 
 def set_value(cfg: Config, dotted: str, value: Any, *, source: str = "override") -> None:
-    """Set one dotted key (``"optim.lr"``), checking the key exists and the type fits."""
+    """Set one dotted key (``"optim.lr"``), checking the key exists and the type fits.
+
+    Loss weights: ``loss.weights.<name>`` sets one, a mapping under ``loss.weights`` sets those it names
+    (the others keep their values), and the older ``loss.<name>_weight`` keys still set ``loss.weights.<name>``.
+    """
     parts = dotted.split(".")
+    if parts[0] == "loss" and len(parts) > 1:
+        legacy = parts[1].removesuffix("_weight") if len(parts) == 2 and parts[1].endswith("_weight") else None
+        if legacy in cfg.loss.weights or (len(parts) == 3 and parts[1] == "weights"):
+            _set_loss_weight(cfg, legacy or parts[2], value, dotted, source)
+            return
+        if parts[1:] == ["weights"]:
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"{source}: 'loss.weights' expects a mapping name -> weight, got {value!r}")
+            for name, weight in value.items():
+                _set_loss_weight(cfg, str(name), weight, f"loss.weights.{name}", source)
+            return
     if len(parts) == 1 and parts[0] == "name":
         target, attr, hint = cfg, "name", str
     elif len(parts) == 2 and parts[0] in SECTIONS:
@@ -280,6 +302,10 @@ def set_value(cfg: Config, dotted: str, value: Any, *, source: str = "override")
         raise ConfigError(f"{source}: unknown key {dotted!r}; keys look like 'section.key' with section in "
                           f"{sorted(SECTIONS)} (or the top-level 'name')")
     setattr(target, attr, _coerce(value, hint, dotted, source))
+
+
+def _set_loss_weight(cfg: Config, name: str, value: Any, dotted: str, source: str) -> None:
+    cfg.loss.weights = {**cfg.loss.weights, name: _coerce(value, float, dotted, source)}
 
 
 def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
@@ -321,8 +347,9 @@ def validate(cfg: Config) -> None:
         if value not in allowed:
             raise ConfigError(f"{dotted!r} = {value!r} is not one of {list(allowed)}")
     for loss in cfg.loss_names():
-        if loss not in KNOWN_LOSSES:
-            raise ConfigError(f"'loss.names' contains unknown loss {loss!r}; known: {list(KNOWN_LOSSES)}")
+        if loss not in cfg.loss.weights:
+            raise ConfigError(f"'loss.names' contains unknown loss {loss!r}: it has no weight in 'loss.weights' "
+                              f"(known: {sorted(cfg.loss.weights)}); set loss.weights.{loss} to add one")
     names = cfg.loss_names()
     if "mlm" in names and not cfg.data.mlm:
         raise ConfigError("'loss.names' includes 'mlm' but 'data.mlm' is false; set data.mlm=true (IRRA's --MLM)")
@@ -371,7 +398,7 @@ REFERENCE_OPTION_MAP: dict[str, str | None] = {
     "pretrain_choice": "model.pretrained", "temperature": "model.temperature", "img_aug": "data.img_aug",
     "cmt_depth": "model.cmt_depth", "masked_token_rate": None, "masked_token_unchanged_rate": None,
     "lr_factor": "optim.lr_factor", "MLM": "data.mlm", "loss_names": "loss.names",
-    "mlm_loss_weight": "loss.mlm_weight", "id_loss_weight": "loss.id_weight", "img_size": "data.img_size",
+    "mlm_loss_weight": "loss.weights.mlm", "id_loss_weight": "loss.weights.id", "img_size": "data.img_size",
     "stride_size": "model.stride_size", "text_length": "data.text_length", "vocab_size": "model.vocab_size",
     "optimizer": "optim.optimizer", "lr": "optim.lr", "bias_lr_factor": "optim.bias_lr_factor",
     "momentum": "optim.momentum", "weight_decay": "optim.weight_decay",
@@ -386,7 +413,7 @@ REFERENCE_OPTION_MAP: dict[str, str | None] = {
     # PHP additions
     "cnum": "model.cnum", "num_experts": "model.num_experts", "topk": "model.topk",
     "reduction": "model.reduction", "moe_layers": "model.moe_layers", "moe_heads": "model.moe_heads",
-    "aux_factor": "loss.aux_weight", "transformer_lr_factor": "optim.transformer_lr_factor",
+    "aux_factor": "loss.weights.aux", "transformer_lr_factor": "optim.transformer_lr_factor",
     "moe_lr_factor": "optim.moe_lr_factor",
 }
 #: reference options that are flags (store_true) on the command line
@@ -408,7 +435,7 @@ def config_from_reference_args(args: Mapping[str, Any], *, base: str | None = No
     if is_php:
         overrides["model.arch"] = "php"
         if not base:  # a reference configs.yaml: the release's behaviour; with a base preset, the preset's
-            overrides.update({"loss.itc_weight": 5.0, "loss.mlm_weight": 0.5,
+            overrides.update({"loss.weights.itc": 5.0, "loss.weights.mlm": 0.5,
                               "model.moe_gating": "shared", "model.crfm_attend_padding": True})
     for option, value in args.items():
         if option not in REFERENCE_OPTION_MAP:

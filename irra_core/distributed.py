@@ -117,7 +117,7 @@ def _gather_no_grad(tensor: torch.Tensor) -> torch.Tensor:
 
 def gather_batch(image_feats: torch.Tensor, text_feats: torch.Tensor,
                  pids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The global batch for contrastive losses (see :func:`irra_core.losses.global_batch`).
+    """The global batch for contrastive losses (the ``gather`` of :func:`irra_core.losses.total_loss`).
 
     Args:
         image_feats: (b, D) this rank's image features.

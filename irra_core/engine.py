@@ -1,6 +1,7 @@
 """``fit(cfg, run_dir)``: train IRRA or PHP, evaluate, select, and write the run folder.
 
-One epoch = IRRA's loop (forward -> sum of every output whose key contains ``"loss"`` -> backward -> step),
+One epoch = IRRA's loop (forward -> ``losses.total_loss`` (the weighted terms of ``cfg.loss``) -> their sum ->
+backward -> step),
 with what IRRA lacks as named options: autocast bf16/fp16 (+ gradient scaling for fp16), IRRA's pure-fp16
 ``legacy_fp16`` model, gradient accumulation (``train.grad_accum`` micro-batches per optimiser step),
 optional clipping (``train.grad_clip``), multi-process training (torchrun, contrastive losses over the
@@ -290,6 +291,7 @@ def _fit(cfg: Config, run_dir: Path, callbacks: list, resume: bool, dataset: Any
     progress = Progress(cfg.train.progress, cfg.train.log_period, enabled=main)
     main_callbacks = callbacks if main else []
     gather = gather_batch if dist_info.enabled else None
+    loss_weights = cfg.loss_weights()
     autocast_dtype = _AUTOCAST.get(cfg.model.precision)
     max_steps = cfg.train.max_steps
     if max_steps and state.step >= max_steps:
@@ -313,15 +315,15 @@ def _fit(cfg: Config, run_dir: Path, callbacks: list, resume: bool, dataset: Any
             batch = _to_device(batch, device)
             sync = contextlib.nullcontext() if (last_in_group or not dist_info.enabled) else train_model.no_sync()
             with sync:
-                with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None), \
-                        losses.global_batch(gather):
+                with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
                     outputs = train_model(batch)
-                total = sum(v for k, v in outputs.items() if "loss" in k)
+                    terms = losses.total_loss(outputs, batch, loss_weights, gather=gather)
+                total = sum(terms.values())
                 if not torch.isfinite(total):
                     raise FloatingPointError(f"non-finite loss {float(total)} at epoch {epoch}, batch {index} "
-                                             f"({ {k: float(v) for k, v in outputs.items() if 'loss' in k} })")
+                                             f"({ {k: float(v) for k, v in terms.items()} })")
                 scaler.scale(total / group_size).backward()
-            scalars = meter.update(outputs, int(batch["pids"].shape[0]))
+            scalars = meter.update({**losses.batch_metrics(outputs, batch), **terms}, int(batch["pids"].shape[0]))
             if not last_in_group:
                 continue
             if cfg.train.grad_clip > 0:

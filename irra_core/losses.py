@@ -1,58 +1,38 @@
-"""IRRA's and PHP's training objectives as pure functions of tensors (torch only).
+"""IRRA's and PHP's training objectives: pure functions of tensors (torch only) and one registry.
 
-Names and argument order follow IRRA's ``model/objectives.py`` so a reader can diff the two; the maths is
-written anew from SPEC §1.10 and §2.5. Every function returns a scalar tensor; the *weights* of the
-objectives (IRRA's ``id_loss_weight``, PHP's hard-coded ``5 x ITC`` and ``aux_factor``) are applied by the
-model from ``cfg.loss.*_weight``, not here.
+Names and argument order of the ``compute_*`` functions follow IRRA's ``model/objectives.py`` so a reader can
+diff the two; the maths is written anew from SPEC §1.10 and §2.5. Every function returns a scalar tensor.
+
+The model's forward returns features and logits (``image_feats``, ``text_feats``, ``logit_scale``, and
+``image_logits``/``text_logits``, ``mlm_scores``/``mlm_labels``, ``routing`` where its heads exist).
+:data:`LOSSES` maps each loss name of ``cfg.loss.names`` to a function of those outputs, and
+:func:`total_loss` weighs them with ``cfg.loss.weights`` (IRRA's ``id_loss_weight``, PHP's hard-coded
+``5 x ITC`` and ``aux_factor`` are configuration values). Adding a loss is one function in :data:`LOSSES` and
+its weight in ``irra_core.config.DEFAULT_LOSS_WEIGHTS``.
 
 Multi-process training (torchrun) computes the contrastive objectives (SDM, ITC, CMPM) over the *global*
-batch: the engine enters :func:`global_batch` with a gather function, and the three functions then see every
-rank's features (gathered with gradients, see :mod:`irra_core.distributed`). Outside that context they
-use exactly the tensors they are given.
+batch: the engine passes a ``gather`` (:func:`irra_core.distributed.gather_batch`, which keeps gradients to
+the local part) to :func:`total_loss`, as open_clip's ``ClipLoss`` takes ``gather_with_grad``; without
+one every loss uses exactly the tensors of this process.
 """
 from __future__ import annotations
 
-import contextlib
-from typing import Callable, Iterator
+from typing import Callable, Mapping
 
 import torch
 import torch.nn.functional as F
 
 __all__ = [
     "compute_sdm", "compute_itc", "compute_id", "compute_cmpm", "compute_mlm", "moe_aux_loss",
-    "global_batch", "MLM_IGNORE_INDEX",
+    "LOSSES", "total_loss", "batch_metrics", "Gather", "MLM_IGNORE_INDEX",
 ]
 
 #: label of positions the MLM loss ignores (IRRA pads labels with 0, which is also the id of "!")
 MLM_IGNORE_INDEX = 0
 
-# A gather for cross-rank contrastive losses: (image (b, D), text (b, D), pids (b,)) -> the global batch.
-_Gather = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
-_GATHER: _Gather | None = None
-
-
-@contextlib.contextmanager
-def global_batch(gather: _Gather | None) -> Iterator[None]:
-    """Within this context SDM, ITC and CMPM gather image/text features and pids across ranks first.
-
-    Args:
-        gather: maps the local ``(image_feats (b, D), text_feats (b, D), pids (b,))`` to the global
-            ``(B, D), (B, D), (B,)`` in rank order, keeping gradients to the local part
-            (:func:`irra_core.distributed.gather_batch`). ``None`` leaves the losses local.
-    """
-    global _GATHER
-    previous, _GATHER = _GATHER, gather
-    try:
-        yield
-    finally:
-        _GATHER = previous
-
-
-def _maybe_gather(image_feats: torch.Tensor, text_feats: torch.Tensor,
-                  pids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    if _GATHER is None:
-        return image_feats, text_feats, pids
-    return _GATHER(image_feats, text_feats, pids)
+#: a gather for cross-rank contrastive losses: local (image (b, D), text (b, D), pids (b,)) -> the global
+#: batch (B, D), (B, D), (B,) in rank order, with gradients to the local part
+Gather = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 
 
 def _same_identity(pids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -84,7 +64,6 @@ def compute_sdm(image_feats: torch.Tensor, text_feats: torch.Tensor, pids: torch
     Returns:
         A scalar: the sum of the image->text and text->image terms, each a mean over the batch.
     """
-    image_feats, text_feats, pids = _maybe_gather(image_feats, text_feats, pids)
     image_norm = F.normalize(image_feats, dim=-1)
     text_norm = F.normalize(text_feats, dim=-1)
     y = _same_identity(pids, image_norm.dtype)
@@ -108,8 +87,6 @@ def compute_itc(image_feats: torch.Tensor, text_feats: torch.Tensor,
     Returns:
         A scalar: (CE(s V T^T, arange B) + CE(s T V^T, arange B)) / 2.
     """
-    pids = torch.zeros(image_feats.shape[0], dtype=torch.long, device=image_feats.device)
-    image_feats, text_feats, _ = _maybe_gather(image_feats, text_feats, pids)
     logits = logit_scale * F.normalize(image_feats, dim=-1) @ F.normalize(text_feats, dim=-1).t()
     targets = torch.arange(logits.shape[0], device=logits.device)
     return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.t(), targets)) / 2
@@ -146,7 +123,6 @@ def compute_cmpm(image_feats: torch.Tensor, text_feats: torch.Tensor, pids: torc
     Returns:
         A scalar: the image->text plus the text->image term.
     """
-    image_feats, text_feats, pids = _maybe_gather(image_feats, text_feats, pids)
     y = _same_identity(pids, image_feats.dtype)
     targets = y / y.norm(dim=1, keepdim=True)
     image_proj_text = image_feats @ F.normalize(text_feats, dim=-1).t()
@@ -188,3 +164,86 @@ def moe_aux_loss(gate_logits: torch.Tensor, topk_indices: torch.Tensor, num_expe
     mean_prob = gate_logits.softmax(dim=-1).mean(dim=0)
     selected = F.one_hot(topk_indices, num_experts).sum(dim=1).float()  # (T, E), 0/1 per expert
     return (mean_prob * selected.mean(dim=0)).sum()
+
+
+# ---------------------------------------------------------------------------------------------- registry
+def _global(outputs: dict, batch: dict, gather: Gather | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    image, text, pids = outputs["image_feats"], outputs["text_feats"], batch["pids"]
+    return (image, text, pids) if gather is None else gather(image, text, pids)
+
+
+def sdm_loss(outputs: dict, batch: dict, gather: Gather | None = None) -> torch.Tensor:
+    """:func:`compute_sdm` of the (global) batch's features."""
+    image, text, pids = _global(outputs, batch, gather)
+    return compute_sdm(image, text, pids, outputs["logit_scale"])
+
+
+def itc_loss(outputs: dict, batch: dict, gather: Gather | None = None) -> torch.Tensor:
+    """:func:`compute_itc` of the (global) batch's features."""
+    image, text, _ = _global(outputs, batch, gather)
+    return compute_itc(image, text, outputs["logit_scale"])
+
+
+def cmpm_loss(outputs: dict, batch: dict, gather: Gather | None = None) -> torch.Tensor:
+    """:func:`compute_cmpm` of the (global) batch's features."""
+    return compute_cmpm(*_global(outputs, batch, gather))
+
+
+def id_loss(outputs: dict, batch: dict, gather: Gather | None = None) -> torch.Tensor:
+    """:func:`compute_id` of this process's classifier logits."""
+    return compute_id(outputs["image_logits"], outputs["text_logits"], batch["pids"])
+
+
+def mlm_loss(outputs: dict, batch: dict, gather: Gather | None = None) -> torch.Tensor:
+    """:func:`compute_mlm` of the MLM head's scores at this process's masked positions."""
+    return compute_mlm(outputs["mlm_scores"], outputs["mlm_labels"])
+
+
+def aux_loss(outputs: dict, batch: dict, gather: Gather | None = None) -> torch.Tensor:
+    """PHP's load balancing: :func:`moe_aux_loss` summed over the EFP layers of both towers (``routing``)."""
+    return sum(sum(layer.aux for layer in layers) for layers in outputs["routing"].values())
+
+
+#: loss name (``cfg.loss.names``) -> function (model outputs, batch, gather) -> scalar, before its weight
+LOSSES: dict[str, Callable[..., torch.Tensor]] = {
+    "sdm": sdm_loss, "itc": itc_loss, "id": id_loss, "mlm": mlm_loss, "cmpm": cmpm_loss, "aux": aux_loss}
+
+
+def total_loss(outputs: dict, batch: dict, weights: Mapping[str, float],
+               gather: Gather | None = None) -> dict[str, torch.Tensor]:
+    """The weighted loss terms of one batch, ``{"<name>_loss": weight * LOSSES[name](...)}``; the training
+    objective is their sum.
+
+    Args:
+        outputs: the model's forward output (features, logits, routing).
+        batch: the data layer's batch (``pids`` ...).
+        weights: loss name -> weight, one entry per loss to compute (``cfg.loss_weights()``).
+        gather: for multi-process training, the gather of the contrastive losses (see :data:`Gather`).
+
+    Raises:
+        KeyError: a name has no function in :data:`LOSSES`.
+    """
+    unknown = [name for name in weights if name not in LOSSES]
+    if unknown:
+        raise KeyError(f"no loss function for {unknown}; irra_core.losses.LOSSES has {sorted(LOSSES)}")
+    return {f"{name}_loss": LOSSES[name](outputs, batch, gather) * weight for name, weight in weights.items()}
+
+
+def batch_metrics(outputs: dict, batch: dict) -> dict:
+    """What the training log reports besides the losses (detached): ``temperature``, ``img_acc`` /
+    ``txt_acc`` (with ID logits), ``mlm_acc`` (with MLM scores) and, with routing, ``routing``:
+    ``{"image": [...], "text": [...]}``, one ``{"counts": (E,) int64, "aux": scalar}`` per EFP layer."""
+    feats = outputs["image_feats"]
+    metrics: dict = {"temperature": torch.tensor(1.0 / outputs["logit_scale"], dtype=torch.float32,
+                                                 device=feats.device)}
+    if "image_logits" in outputs:
+        metrics["img_acc"] = (outputs["image_logits"].argmax(dim=1) == batch["pids"]).float().mean().detach()
+        metrics["txt_acc"] = (outputs["text_logits"].argmax(dim=1) == batch["pids"]).float().mean().detach()
+    if "mlm_scores" in outputs:
+        metrics["mlm_acc"] = (outputs["mlm_scores"].argmax(dim=1) == outputs["mlm_labels"]).float().mean().detach()
+    if "routing" in outputs:
+        metrics["routing"] = {
+            modality: [{"counts": torch.bincount(r.topk.reshape(-1), minlength=r.gate_logits.shape[-1]),
+                        "aux": r.aux.detach()} for r in layers]
+            for modality, layers in outputs["routing"].items()}
+    return metrics

@@ -94,7 +94,7 @@ def test_reference_args_without_base_take_the_release_behaviour():
     # a PHP configs.yaml: release switches (shared gate, CRFM over padding, ITC x5, MLM x0.5)
     cfg = config_from_reference_args({"cnum": 9, "loss_names": "sdm+itc+aux", "lr": 3e-6})
     assert cfg.model.arch == "php" and cfg.model.moe_gating == "shared" and cfg.model.crfm_attend_padding
-    assert cfg.loss.itc_weight == 5.0 and cfg.loss.mlm_weight == 0.5
+    assert cfg.loss.weights["itc"] == 5.0 and cfg.loss.weights["mlm"] == 0.5
     # on a preset, the preset's (correct) switches stay
     cfg = config_from_reference_args({"cnum": 9, "loss_names": "sdm+itc+aux"}, base="php")
     assert cfg.model.moe_gating == "modality" and not cfg.model.crfm_attend_padding

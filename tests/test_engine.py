@@ -8,6 +8,7 @@ import torch
 import yaml
 
 import irra_core.evaluation
+from irra_core import losses
 from irra_core.checkpoint import load_checkpoint
 from irra_core.config import load_config
 from irra_core.engine import fit
@@ -191,8 +192,8 @@ def _training_set_loss(model, batches) -> float:
     total, count = 0.0, 0
     with torch.no_grad():
         for batch in batches:
-            out = model(batch)
-            total += float(sum(v for k, v in out.items() if "loss" in k)) * len(batch["pids"])
+            out = losses.total_loss(model(batch), batch, model.cfg.loss_weights())
+            total += float(sum(out.values())) * len(batch["pids"])
             count += len(batch["pids"])
     model.train(was_training)
     return total / count

@@ -14,6 +14,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import load_bench_config, synthetic_batch  # noqa: E402
+from irra_core import losses  # noqa: E402
 from irra_core.evaluation import rank_metrics  # noqa: E402
 from irra_core.model import build_model  # noqa: E402
 from irra_core.optim import build_optimizer  # noqa: E402
@@ -43,8 +44,7 @@ def test_bf16_forward_backward_on_cuda(arch):
     model.to(CUDA).train()
     batch = synthetic_batch(cfg, 8, CUDA)
     with torch.autocast(CUDA.type, dtype=torch.bfloat16):
-        out = model(batch)
-    loss = sum(v for k, v in out.items() if k.endswith("_loss"))
+        loss = sum(losses.total_loss(model(batch), batch, cfg.loss_weights()).values())
     assert loss.dtype == torch.float32 and torch.isfinite(loss)
     loss.backward()
     grads = [p.grad for p in model.parameters() if p.grad is not None]
@@ -59,8 +59,8 @@ def test_legacy_fp16_step_on_cuda(arch):
     assert model.base_model.visual.conv1.weight.dtype == torch.float16
     optimizer = build_optimizer(model, cfg.optim)
     before = model.base_model.visual.conv1.weight.detach().clone()
-    out = model(synthetic_batch(cfg, 8, CUDA))
-    loss = sum(v for k, v in out.items() if k.endswith("_loss"))
+    batch = synthetic_batch(cfg, 8, CUDA)
+    loss = sum(losses.total_loss(model(batch), batch, cfg.loss_weights()).values())
     assert torch.isfinite(loss)
     loss.backward()
     optimizer.step()

@@ -125,7 +125,7 @@ def test_moe_aux_loss_hand_computed_and_differentiable():
     assert losses.moe_aux_loss(logits.detach().bfloat16(), topk, 3).dtype == torch.float32
 
 
-def test_global_batch_context_gathers_and_restores():
+def test_gather_is_an_argument_of_total_loss():
     calls = []
 
     def fake_gather(image, text, pids):
@@ -133,11 +133,27 @@ def test_global_batch_context_gathers_and_restores():
         return torch.cat([image, image]), torch.cat([text, text]), torch.cat([pids, pids])
 
     image, text, pids = torch.randn(3, 4), torch.randn(3, 4), torch.tensor([0, 1, 2])
-    local = losses.compute_sdm(image, text, pids, 10.0)
-    with losses.global_batch(fake_gather):
-        doubled = losses.compute_sdm(image, text, pids, 10.0)
-        losses.compute_itc(image, text, 10.0)
-        losses.compute_cmpm(image, text, pids)
-    assert calls == [3, 3, 3]
-    assert not torch.allclose(local, doubled)  # the duplicated batch changes the targets
-    torch.testing.assert_close(losses.compute_sdm(image, text, pids, 10.0), local)  # context restored
+    outputs, batch = {"image_feats": image, "text_feats": text, "logit_scale": 10.0}, {"pids": pids}
+    weights = {"sdm": 1.0, "itc": 1.0, "cmpm": 1.0}
+    local = losses.total_loss(outputs, batch, weights)
+    torch.testing.assert_close(local["sdm_loss"], losses.compute_sdm(image, text, pids, 10.0))
+    gathered = losses.total_loss(outputs, batch, weights, gather=fake_gather)
+    assert calls == [3, 3, 3]  # each contrastive loss sees the global batch
+    torch.testing.assert_close(gathered["sdm_loss"], losses.compute_sdm(*fake_gather(image, text, pids), 10.0))
+    assert not torch.allclose(local["sdm_loss"], gathered["sdm_loss"])  # the duplicated batch changes the targets
+    torch.testing.assert_close(losses.total_loss(outputs, batch, weights)["sdm_loss"], local["sdm_loss"])  # no state
+
+
+def test_total_loss_weighs_each_registered_loss_and_rejects_unknown_names():
+    gen = torch.Generator().manual_seed(0)
+    image, text = torch.randn(4, 8, generator=gen), torch.randn(4, 8, generator=gen)
+    pids = torch.tensor([0, 0, 1, 2])
+    logits = torch.randn(4, 3, generator=gen), torch.randn(4, 3, generator=gen)
+    outputs = {"image_feats": image, "text_feats": text, "logit_scale": 50.0,
+               "image_logits": logits[0], "text_logits": logits[1]}
+    terms = losses.total_loss(outputs, {"pids": pids}, {"itc": 5.0, "id": 0.5})
+    assert list(terms) == ["itc_loss", "id_loss"]
+    torch.testing.assert_close(terms["itc_loss"], 5.0 * losses.compute_itc(image, text, 50.0))
+    torch.testing.assert_close(terms["id_loss"], 0.5 * losses.compute_id(*logits, pids))
+    with pytest.raises(KeyError, match="xyz"):
+        losses.total_loss(outputs, {"pids": pids}, {"xyz": 1.0})

@@ -5,7 +5,7 @@ import torch
 
 from irra_core.model import capture_attention, capture_routing
 from irra_core.model.clip import Attention
-from test_model_presets import build, make_batch
+from test_model_presets import build, loss_terms, make_batch
 from test_model_presets import single_thread  # noqa: F401  (module-scoped, autouse)
 
 
@@ -14,9 +14,9 @@ def test_attention_capture_shapes_and_same_outputs():
     model.eval()
     batch = make_batch(cfg, batch_size=3)
     with torch.no_grad():
-        plain = model(batch)
+        plain = loss_terms(cfg, model(batch), batch)
         with capture_attention(model) as att:
-            captured = model(batch)
+            captured = loss_terms(cfg, model(batch), batch)
     for key in ("sdm_loss", "id_loss", "mlm_loss"):
         torch.testing.assert_close(captured[key], plain[key], atol=1e-5, rtol=1e-5)
     grid = model.base_model.visual.grid

@@ -15,7 +15,7 @@ from irra_core.model.capture import capture_attention
 from irra_core.model import fast
 from irra_core.model.clip import Attention, Transformer
 from irra_core.model.fast import PrefixPacking
-from test_model_presets import build, make_batch, single_thread  # noqa: F401  (module-scoped, autouse)
+from test_model_presets import build, loss_terms, make_batch, single_thread  # noqa: F401  (module-scoped, autouse)
 
 
 def _random_prefix_ends(batch: int, length: int, seed: int = 0) -> torch.Tensor:
@@ -68,9 +68,9 @@ def test_padding_content_cannot_reach_the_pruned_text_token():
 
 def _loss_and_grads(model, batch) -> tuple[dict, dict]:
     model.zero_grad(set_to_none=True)
-    out = model(batch)
-    losses = {k: v.detach() for k, v in out.items() if k.endswith("_loss")}
-    sum(out[k] for k in losses).backward()
+    out = loss_terms(model.cfg, model(batch), batch)
+    losses = {k: v.detach() for k, v in out.items()}
+    sum(out.values()).backward()
     grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
     return losses, grads
 

@@ -9,12 +9,19 @@ import shutil
 import pytest
 import torch
 
+from irra_core import losses
 from irra_core.model import load_reference_run
 from irra_core.model.capture import capture_routing
 from irra_core.model.reference import read_reference_options, read_state_dict
 from test_model_presets import single_thread  # noqa: F401  (module-scoped, autouse)
 
 BATCH_KEYS = ("images", "caption_ids", "pids", "mlm_ids", "mlm_labels")
+
+
+def _logged(model, batch: dict) -> dict:
+    """What the reference's forward returned and our training log reports: weighted losses and metrics."""
+    outputs = model(batch)
+    return {**losses.batch_metrics(outputs, batch), **losses.total_loss(outputs, batch, model.cfg.loss_weights())}
 
 
 def _close(actual, expected, tolerances: dict, kind: str) -> None:
@@ -56,8 +63,8 @@ def test_irra_tiny_parity(irra):
     with torch.no_grad():
         _close(model.encode_image(inputs["images"]), expected["encode_image"], tol, "features")
         _close(model.encode_text(inputs["caption_ids"]), expected["encode_text"], tol, "features")
-        out = model({k: inputs[k] for k in BATCH_KEYS})
-        masked = model({**{k: inputs[k] for k in BATCH_KEYS}, "caption_ids": inputs["mlm_ids"]})
+        out = _logged(model, {k: inputs[k] for k in BATCH_KEYS})
+        masked = _logged(model, {**{k: inputs[k] for k in BATCH_KEYS}, "caption_ids": inputs["mlm_ids"]})
         image_tokens = model.base_model.encode_image(inputs["images"])
         cross = model.cross_former(model.base_model.encode_text(inputs["mlm_ids"]), image_tokens)
     assert set(out) == set(expected["forward"])
@@ -79,7 +86,7 @@ def test_php_tiny_parity(reference_dir, php_io, mode):
         with capture_routing(model) as routing:
             image = model.encode_image(inputs["images"])
             text = model.encode_text(inputs["caption_ids"])
-        out = model({k: inputs[k] for k in BATCH_KEYS})
+        out = _logged(model, {k: inputs[k] for k in BATCH_KEYS})
         alone_image = model.encode_image(inputs["images"][:1])
         alone_text = model.encode_text(inputs["caption_ids"][:1])
         image_tokens = model.base_model.encode_image(inputs["images"])
@@ -111,7 +118,7 @@ def test_php_default_import_behaves_as_trained_except_efp(reference_dir):
     model = load_reference_run(reference_dir / "php_tiny")
     assert model.shared_transformer.attention == "tokens"
     assert model.shared_transformer.gating == "shared" and model.crfm_attend_padding
-    assert model.cfg.loss.itc_weight == 5.0 and model.cfg.loss.aux_weight == 0.5
+    assert model.cfg.loss.weights["itc"] == 5.0 and model.cfg.loss.weights["aux"] == 0.5
     dropped = model.reference_info["dropped_keys"]
     assert any(k.endswith("expert_count_accum") for k in dropped) and "safl.pos_embeding" in dropped
     assert not any("count" in name for name, _ in model.named_buffers())
@@ -121,7 +128,7 @@ def test_overrides_apply_on_top_of_reference_behaviour(reference_dir):
     model = load_reference_run(reference_dir / "php_tiny", reference_behaviour=True, itc_weight=1.0,
                                crfm_attend_padding=False)
     assert model.shared_transformer.attention == "batch"
-    assert model.cfg.loss.itc_weight == 1.0 and not model.crfm_attend_padding
+    assert model.cfg.loss.weights["itc"] == 1.0 and not model.crfm_attend_padding
     with pytest.raises(ValueError, match="unknown override"):
         load_reference_run(reference_dir / "php_tiny", no_such_switch=1)
 

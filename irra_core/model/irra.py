@@ -4,8 +4,8 @@ Written anew from SPEC §1.9. Attribute names are IRRA's (``base_model``, ``clas
 ``cross_modal_transformer``, ``ln_pre_t``, ``ln_pre_i``, ``ln_post``, ``mlm_head.{dense,gelu,ln,fc}``), so
 its checkpoints load directly.
 
-Global features: image = CLS token, text = token at ``argmax(ids)`` (EOT). ``forward(batch)`` returns IRRA's loss keys, already weighted by
-``cfg.loss.*_weight`` (the release's hard-coded ITC x5 / MLM x0.5 are configuration values here).
+Global features: image = CLS token, text = token at ``argmax(ids)`` (EOT). ``forward(batch)`` returns
+features and logits; :func:`irra_core.losses.total_loss` turns them into the weighted loss terms.
 """
 from __future__ import annotations
 
@@ -137,65 +137,42 @@ class IRRA(nn.Module):
         x = self.cross_attn(self.ln_pre_t(text_tokens), self.ln_pre_i(image_tokens))
         return self.ln_post(self.cross_modal_transformer(x))
 
-    # ------------------------------------------------------------------ training objective
+    # ------------------------------------------------------------------ training outputs
     def forward(self, batch: dict) -> dict:
-        """Weighted losses and metrics of one batch.
+        """Features and logits of one batch, what :func:`irra_core.losses.total_loss` reads.
 
         Args:
             batch: ``images`` (B, 3, H, W), ``caption_ids`` (B, L), ``pids`` (B,), and for ``mlm``
                 ``mlm_ids`` (B, L) and ``mlm_labels`` (B, L) (original id at masked positions, 0 elsewhere).
 
         Returns:
-            ``{name}_loss`` for each name in ``cfg.loss.names`` (scalars, weighted), ``temperature``,
-            ``img_acc``/``txt_acc`` (with ``id``), ``mlm_acc`` (with ``mlm``), and for PHP ``routing``:
-            ``{"image": [...], "text": [...]}``, one ``{"counts": (E,) int64, "aux": scalar}`` per EFP layer
-            (detached).
+            ``image_feats`` / ``text_feats`` (B, D) float32 global features, ``logit_scale`` (float); with the
+            ``id`` head ``image_logits`` / ``text_logits`` (B, C) float32; with ``mlm`` ``mlm_scores`` (M, V)
+            float32 at the M masked positions and their ``mlm_labels`` (M,); for PHP ``routing``:
+            ``{"image": [LayerRouting, ...], "text": [...]}``, one per EFP layer.
         """
-        w = self.cfg.loss
-        images, caption_ids = batch["images"], batch["caption_ids"]
-        image_feats, image_tokens, image_routing = self.image_features(images, need_tokens="mlm" in self.loss_names)
-        text_feats, _, text_routing = self.text_features(caption_ids, need_tokens=False)
-        scale = self.logit_scale
-        ret: dict = {"temperature": torch.tensor(1.0 / scale, dtype=torch.float32, device=image_feats.device)}
         names = self.loss_names
-        if "itc" in names:
-            ret["itc_loss"] = losses.compute_itc(image_feats, text_feats, scale) * w.itc_weight
-        if "sdm" in names:
-            ret["sdm_loss"] = losses.compute_sdm(image_feats, text_feats, batch["pids"], scale) * w.sdm_weight
-        if "cmpm" in names:
-            ret["cmpm_loss"] = losses.compute_cmpm(image_feats, text_feats, batch["pids"]) * w.cmpm_weight
+        image_feats, image_tokens, image_routing = self.image_features(batch["images"], need_tokens="mlm" in names)
+        text_feats, _, text_routing = self.text_features(batch["caption_ids"], need_tokens=False)
+        out: dict = {"image_feats": image_feats, "text_feats": text_feats, "logit_scale": self.logit_scale}
         if "id" in names:
-            ret.update(self._id_terms(image_feats, text_feats, batch["pids"]))
+            out["image_logits"], out["text_logits"] = self.classify(image_feats), self.classify(text_feats)
         if "mlm" in names:
-            ret.update(self._mlm_terms(batch["mlm_ids"], batch["mlm_labels"], image_tokens))
-        if "aux" in names:
-            ret["aux_loss"] = (sum(r.aux for r in image_routing) + sum(r.aux for r in text_routing)) * w.aux_weight
+            out["mlm_scores"], out["mlm_labels"] = self.mlm_scores(batch["mlm_ids"], batch["mlm_labels"], image_tokens)
         if image_routing or text_routing:
-            ret["routing"] = {
-                modality: [{"counts": r.counts(r.gate_logits.shape[-1]).detach(), "aux": r.aux.detach()}
-                           for r in routing]
-                for modality, routing in (("image", image_routing), ("text", text_routing))}
-        return ret
+            out["routing"] = {"image": image_routing, "text": text_routing}
+        return out
 
-    def _id_terms(self, image_feats: torch.Tensor, text_feats: torch.Tensor, pids: torch.Tensor) -> dict:
-        weight = self.classifier.weight
+    def classify(self, feats: torch.Tensor) -> torch.Tensor:
+        """ID classifier: global features (B, D) -> identity logits (B, C) float32."""
         # under legacy_fp16 the classifier is fp16 and IRRA feeds it fp16 features (.half())
-        image_logits = self.classifier(image_feats.to(weight.dtype)).float()
-        text_logits = self.classifier(text_feats.to(weight.dtype)).float()
-        return {
-            "id_loss": losses.compute_id(image_logits, text_logits, pids) * self.cfg.loss.id_weight,
-            "img_acc": (image_logits.argmax(dim=1) == pids).float().mean(),
-            "txt_acc": (text_logits.argmax(dim=1) == pids).float().mean(),
-        }
+        return self.classifier(feats.to(self.classifier.weight.dtype)).float()
 
-    def _mlm_terms(self, mlm_ids: torch.Tensor, mlm_labels: torch.Tensor, image_tokens: torch.Tensor) -> dict:
-        text_tokens = self.base_model.encode_text(mlm_ids)
-        hidden = self.cross_former(text_tokens, image_tokens)
+    def mlm_scores(self, mlm_ids: torch.Tensor, mlm_labels: torch.Tensor,
+                   image_tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """IRRA's MLM head on masked captions (B, L) over image tokens (B, N, D) -> (scores (M, V) float32,
+        labels (M,)) at the M masked positions (labels != ``MLM_IGNORE_INDEX``)."""
+        hidden = self.cross_former(self.base_model.encode_text(mlm_ids), image_tokens)
         masked = mlm_labels != losses.MLM_IGNORE_INDEX
         # the 49,408-way head only at masked positions: same loss as IRRA's full (B*L, V) scores
-        scores = self.mlm_head(hidden[masked]).float()
-        labels = mlm_labels[masked]
-        return {
-            "mlm_loss": losses.compute_mlm(scores, labels) * self.cfg.loss.mlm_weight,
-            "mlm_acc": (scores.argmax(dim=1) == labels).float().mean(),
-        }
+        return self.mlm_head(hidden[masked]).float(), mlm_labels[masked]

@@ -112,7 +112,7 @@ def _apply_overrides(cfg: Config, overrides: Mapping[str, Any]) -> None:
             set_value(cfg, key, value, source="load_reference_run")
         elif key in model_keys:
             set_value(cfg, f"model.{key}", value, source="load_reference_run")
-        elif key in loss_keys:
+        elif key in loss_keys or key.endswith("_weight"):  # itc_weight=1.0 sets loss.weights.itc
             set_value(cfg, f"loss.{key}", value, source="load_reference_run")
         else:
             raise ValueError(f"load_reference_run: unknown override {key!r}; use a field of cfg.model "
