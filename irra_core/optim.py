@@ -9,9 +9,10 @@ applied in order so that later rules override earlier ones:
 4. ``"classifier"`` or ``"mlm_head"``: lr x ``lr_factor`` (the weight decay of rule 3 stays).
 
 PHP's release uses exactly these rules. Its pre-release (``lr_groups: php_prerelease``) inserts two more
-after rule 2: ``"shared_transformer"`` (the EFP blocks) -> x ``transformer_lr_factor`` and the experts and
-gates (``"feed_forward.experts"``, ``"feed_forward.input_gate"``, ``"feed_forward.task_gate"``) -> x
-``moe_lr_factor``.
+after rule 2: ``"efp."`` (the EFP blocks; the release's ``"shared_transformer"``) -> x ``transformer_lr_factor``
+and the experts and gates (``"moe.experts"``, ``"moe.input_gate"``, ``"moe.task_gate"``; the release's
+``feed_forward.*``) -> x ``moe_lr_factor``. Names in the release's spelling are mapped first
+(:func:`irra_core.model.php.rename_release_key`), so both spellings get the same settings.
 
 Parameters sharing the same (lr, weight decay) are merged into one group: the update of Adam/AdamW/SGD is
 element-wise, so this is mathematically the same as IRRA's one-group-per-tensor, and it lets torch's fused
@@ -26,27 +27,31 @@ import torch
 from torch import nn
 
 from irra_core.config import OptimConfig
+from irra_core.model.php import rename_release_key
 
 __all__ = ["param_lr_and_weight_decay", "build_param_groups", "build_optimizer"]
 
-_MOE_KEYS = ("feed_forward.experts", "feed_forward.input_gate", "feed_forward.task_gate")
+_EFP_KEY = "efp."
+_MOE_KEYS = ("moe.experts", "moe.input_gate", "moe.task_gate")
 
 
 def param_lr_and_weight_decay(name: str, optim: OptimConfig) -> tuple[float, float]:
     """Learning rate and weight decay of one parameter under IRRA's (or PHP pre-release) rules.
 
     Args:
-        name: the parameter's name in ``model.named_parameters()`` (``"cross_attn.in_proj_bias"``).
+        name: the parameter's name in ``model.named_parameters()`` (``"cross_attn.in_proj_bias"``), ours or
+            the release's (``"shared_transformer.resblocks.0.feed_forward.experts.0.up.bias"``).
         optim: the optimiser section of the config (``lr``, factors, ``lr_groups``).
 
     Returns:
         ``(lr, weight_decay)`` for that parameter, before any scheduler factor.
     """
+    name = rename_release_key(name)
     lr, weight_decay = optim.lr, optim.weight_decay
     if "cross" in name:
         lr = optim.lr * optim.lr_factor
     if optim.lr_groups == "php_prerelease":
-        if "shared_transformer" in name:
+        if _EFP_KEY in name:
             lr = optim.lr * optim.transformer_lr_factor
         if any(key in name for key in _MOE_KEYS):
             lr = optim.lr * optim.moe_lr_factor

@@ -36,6 +36,8 @@ _UNMAPPED_TYPES = {"local_rank": int, "output_dir": str, "resume_ckpt_file": str
 def _field_type(dotted: str) -> Any:
     if dotted == "name":
         return str
+    if dotted.startswith("loss.weights."):
+        return float
     section, attr = dotted.split(".")
     return typing.get_type_hints(SECTIONS[section])[attr]
 

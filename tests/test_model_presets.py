@@ -125,7 +125,7 @@ def test_every_expert_parameter_learns_once_experts_differ(preset):
     sum(loss_terms(cfg, outputs, batch).values()).backward()
     routing = losses.batch_metrics(outputs, batch)["routing"]
     # an expert that no token selected in either pass gets no gradient (top-k routing); every other does
-    unselected = {f"resblocks.{layer}.feed_forward.experts.{e}."
+    unselected = {f"resblocks.{layer}.moe.experts.{e}."
                   for layer, (image, text) in enumerate(zip(routing["image"], routing["text"]))
                   for e in range(cfg.model.num_experts) if image["counts"][e] + text["counts"][e] == 0}
     zero = [n for n, p in model.named_parameters() if p.grad.abs().sum() == 0]
@@ -152,11 +152,11 @@ def test_php_routing_is_returned_per_pass_not_accumulated():
 def test_task_gate_per_modality_and_shared():
     _, modality = build("php-cpu")
     _, shared = build("php-cpu", {"model.moe_gating": "shared"})
-    assert hasattr(modality.shared_transformer.resblocks[0].feed_forward, "task_gate_text")
-    assert modality.shared_transformer.resblocks[0].feed_forward.task_gate_text is not None
-    assert shared.shared_transformer.resblocks[0].feed_forward.task_gate_text is None
+    assert hasattr(modality.efp.resblocks[0].moe, "task_gate_text")
+    assert modality.efp.resblocks[0].moe.task_gate_text is not None
+    assert shared.efp.resblocks[0].moe.task_gate_text is None
     names = [n for n, _ in modality.named_parameters() if "task_gate_text" in n]
-    assert names and all("feed_forward.task_gate" in n for n in names)  # keeps the optimiser's MoE lr rule
+    assert names and all("moe.task_gate" in n for n in names)  # keeps the optimiser's MoE lr rule
 
 
 def test_crfm_masks_text_padding_unless_attending_padding():

@@ -81,7 +81,7 @@ def test_php_tiny_parity(reference_dir, php_io, mode):
     model = load_reference_run(reference_dir / "php_tiny", reference_behaviour=True, **overrides)
     inputs, tol = php_io["inputs"], php_io["tolerances"]["recommended"]
     expected, common = php_io["expected"][mode], php_io["expected"]["common"]
-    assert model.shared_transformer.attention == ("batch" if mode == "legacy" else "tokens")
+    assert model.efp.attention == ("batch" if mode == "legacy" else "tokens")
     with torch.no_grad():
         with capture_routing(model) as routing:
             image = model.encode_image(inputs["images"])
@@ -91,8 +91,8 @@ def test_php_tiny_parity(reference_dir, php_io, mode):
         alone_text = model.encode_text(inputs["caption_ids"][:1])
         image_tokens = model.base_model.encode_image(inputs["images"])
         base_image = image_tokens[:, 0]
-        crfm_image = model.safl(image_tokens[:, 1:], modality="image")
-        crfm_text = model.safl(model.base_model.encode_text(inputs["caption_ids"]), modality="text")
+        crfm_image = model.crfm(image_tokens[:, 1:], modality="image")
+        crfm_text = model.crfm(model.base_model.encode_text(inputs["caption_ids"]), modality="text")
     _close(image, expected["encode_image"], tol, "features")
     _close(text, expected["encode_text"], tol, "features")
     _close(alone_image, expected["encode_image_first_sample_alone"], tol, "features")
@@ -116,8 +116,8 @@ def test_php_tiny_parity(reference_dir, php_io, mode):
 
 def test_php_default_import_behaves_as_trained_except_efp(reference_dir):
     model = load_reference_run(reference_dir / "php_tiny")
-    assert model.shared_transformer.attention == "tokens"
-    assert model.shared_transformer.gating == "shared" and model.crfm_attend_padding
+    assert model.efp.attention == "tokens"
+    assert model.efp.gating == "shared" and model.crfm_attend_padding
     assert model.cfg.loss.weights["itc"] == 5.0 and model.cfg.loss.weights["aux"] == 0.5
     dropped = model.reference_info["dropped_keys"]
     assert any(k.endswith("expert_count_accum") for k in dropped) and "safl.pos_embeding" in dropped
@@ -127,7 +127,7 @@ def test_php_default_import_behaves_as_trained_except_efp(reference_dir):
 def test_overrides_apply_on_top_of_reference_behaviour(reference_dir):
     model = load_reference_run(reference_dir / "php_tiny", reference_behaviour=True, itc_weight=1.0,
                                crfm_attend_padding=False)
-    assert model.shared_transformer.attention == "batch"
+    assert model.efp.attention == "batch"
     assert model.cfg.loss.weights["itc"] == 1.0 and not model.crfm_attend_padding
     with pytest.raises(ValueError, match="unknown override"):
         load_reference_run(reference_dir / "php_tiny", no_such_switch=1)
@@ -140,6 +140,37 @@ def test_modality_gating_on_a_shared_gate_checkpoint_starts_identical(reference_
     with torch.no_grad():
         torch.testing.assert_close(modality.encode_text(ids), shared.encode_text(ids), atol=1e-6, rtol=0)
     assert modality.reference_info["notes"]
+
+
+def test_release_names_are_mapped_to_the_papers_names_at_load_time(reference_dir, php_io):
+    """The release's safl / shared_transformer / feed_forward keys load as crfm / efp / moe: through the
+    importer (above) and through PHP.load_state_dict (our older run folders hold the release's names)."""
+    model = load_reference_run(reference_dir / "php_tiny")
+    release = read_state_dict(reference_dir / "php_tiny" / "best.pth")
+    assert any(k.startswith("safl.") for k in release) and any(".feed_forward." in k for k in release)
+    ours = model.state_dict()
+    assert not any(k.startswith(("safl.", "shared_transformer.")) or ".feed_forward." in k for k in ours)
+    assert any(k.startswith("crfm.") for k in ours) and any(k.startswith("efp.") and ".moe." in k for k in ours)
+    old_names = {_release_name(k): v for k, v in ours.items()}  # a run folder written before the renaming
+    assert old_names.keys() != ours.keys()
+    fresh = load_reference_run(reference_dir / "php_tiny")
+    with torch.no_grad():
+        for param in fresh.parameters():
+            param.add_(1.0)
+    fresh.load_state_dict(old_names, strict=True)
+    for key, value in fresh.state_dict().items():
+        assert torch.equal(value, ours[key]), key
+    ids = php_io["inputs"]["caption_ids"]
+    with torch.no_grad():
+        torch.testing.assert_close(fresh.encode_text(ids), model.encode_text(ids), atol=0, rtol=0)
+
+
+def _release_name(key: str) -> str:
+    if key.startswith("crfm."):
+        key = "safl." + key[len("crfm."):]
+    if key.startswith("efp."):
+        key = "shared_transformer." + key[len("efp."):]
+    return key.replace(".moe.", ".feed_forward.")
 
 
 def _copy_run(reference_dir, tmp_path, name="irra_tiny"):

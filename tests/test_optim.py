@@ -46,6 +46,11 @@ def test_prerelease_rules_differ_from_release(groups_fixture):
     name = "shared_transformer.resblocks.0.feed_forward.experts.0.down.weight"
     assert param_lr_and_weight_decay(name, optim)[0] == pytest.approx(10 * optim.lr)
     assert param_lr_and_weight_decay(name, release)[0] == pytest.approx(optim.lr)
+    # our names (efp / moe, the papers') get what the release's names get
+    for release_name, expected in groups_fixture["php_prerelease_other_factors"]["params"].items():
+        ours = release_name.replace("shared_transformer.", "efp.").replace(".feed_forward.", ".moe.")
+        ours = "crfm." + ours[len("safl."):] if ours.startswith("safl.") else ours
+        assert param_lr_and_weight_decay(ours, optim) == param_lr_and_weight_decay(release_name, optim), ours
     assert (param_lr_and_weight_decay("base_model.visual.conv1.weight", optim)
             == param_lr_and_weight_decay("base_model.visual.conv1.weight", release))
 

@@ -26,7 +26,7 @@ __all__ = ["AttentionCapture", "RoutingCapture", "capture_attention", "capture_r
 
 _PREFIXES = (  # module-name prefix (after an optional wrapper prefix) -> map key
     ("base_model.visual.transformer.", "image"), ("base_model.transformer.", "text"),
-    ("cross_attn", "cross"), ("cross_modal_transformer.", "cross_modal"), ("shared_transformer.", "efp"),
+    ("cross_attn", "cross"), ("cross_modal_transformer.", "cross_modal"), ("efp.", "efp"),
 )
 
 

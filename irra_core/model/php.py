@@ -1,9 +1,11 @@
 """PHP = IRRA + CRFM (unified tokens) + EFP (transformer blocks with a mixture of adapters): :class:`PHP`.
 
-Written anew from SPEC §2.4-§2.5 and §2.11-§2.12. Module and parameter names follow PHP's checkpoints
-(``safl.*``, ``shared_transformer.resblocks.N.{attn,ln_1,ln_2,ln_3,mlp,comb_param,feed_forward.*}``) so
-they load directly and the optimiser's name rules (``shared_transformer``, ``feed_forward.experts`` ...)
-apply unchanged. Correct by default, with the release's behaviour behind named switches:
+Written anew from SPEC §2.4-§2.5 and §2.11-§2.12. Modules are named as the paper names them: ``crfm``,
+``efp.resblocks.N.{attn,ln_1,ln_2,ln_3,mlp,comb_param,moe.*}`` (the mixture of adapter experts). The release
+calls them ``safl``, ``shared_transformer`` and ``feed_forward``: :data:`RELEASE_NAMES` maps those keys when
+a release checkpoint or an older run folder is loaded (:func:`rename_release_keys`, applied by
+``PHP.load_state_dict`` and by the checkpoint importer) and in the optimiser's lr rules. Correct by default,
+with the release's behaviour behind named switches:
 
 * ``crfm_attend_padding`` - the release pools text tokens over all L positions, padding included;
   by default the pooling is restricted to the caption (positions up to EOT).
@@ -19,8 +21,9 @@ Routing is returned per call (:class:`LayerRouting`) and never accumulated in bu
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -32,9 +35,37 @@ from irra_core.model import fast
 from irra_core.model.clip import Attention, CLIPConfig, LayerNorm, clip_mlp
 from irra_core.model.irra import IRRA, text_global_index
 
-__all__ = ["PHP", "CRFM", "Adapter", "MoEAdapters", "EFPBlock", "EFP", "LayerRouting", "MODALITIES"]
+__all__ = ["PHP", "CRFM", "Adapter", "MoEAdapters", "EFPBlock", "EFP", "LayerRouting", "MODALITIES",
+           "RELEASE_NAMES", "rename_release_key", "rename_release_keys"]
 
 MODALITIES = ("image", "text")
+
+#: PHP's release module names -> ours (CRFM is the release's ``SAFL``, EFP its ``shared_transformer``, the
+#: experts its ``feed_forward``), as (pattern, replacement) on state-dict keys and parameter names
+RELEASE_NAMES = ((re.compile(r"(^|\.)safl\."), r"\1crfm."), (re.compile(r"(^|\.)shared_transformer\."), r"\1efp."),
+                 (re.compile(r"\.feed_forward\."), ".moe."))
+
+
+def rename_release_key(name: str) -> str:
+    """A state-dict key or parameter name in the release's names -> ours
+    (``shared_transformer.resblocks.0.feed_forward.experts.1.up.bias`` -> ``efp.resblocks.0.moe.experts.1.up.bias``);
+    other names come back unchanged."""
+    for pattern, replacement in RELEASE_NAMES:
+        name = pattern.sub(replacement, name)
+    return name
+
+
+def rename_release_keys(state: Mapping[str, object]) -> dict:
+    """A state dict with :func:`rename_release_key` applied to every key (order kept)."""
+    return {rename_release_key(key): value for key, value in state.items()}
+
+
+def _load_release_names(module: nn.Module, state_dict: dict, prefix: str, *_) -> None:
+    # load_state_dict pre-hook: rename the release's keys under this module's prefix in place
+    for key in [k for k in state_dict if k.startswith(prefix)]:
+        renamed = prefix + rename_release_key(key[len(prefix):])
+        if renamed != key:
+            state_dict[renamed] = state_dict.pop(key)
 
 
 class CRFM(nn.Module):
@@ -118,7 +149,7 @@ class MoEAdapters(nn.Module):
     gate = (1 - alpha) input_gate(z) + alpha task_gate(c), c = the block's ``comb_param``; top-k over E
     (sorted), routing weights = softmax over the k selected logits, y = sum_k w_k expert_k(z).
     With ``modality_gates`` the text tower uses its own ``task_gate_text`` (the name keeps the
-    ``feed_forward.task_gate`` lr rule).
+    ``moe.task_gate`` lr rule).
 
     Dispatch is dense and vectorised: every expert is evaluated on every token from stacked parameters
     (two einsums), then combined with a (tokens, E) weight matrix that is zero outside the top-k. The
@@ -198,7 +229,7 @@ class EFPBlock(nn.Module):
         self.ln_2 = LayerNorm(width)
         self.ln_3 = LayerNorm(width)
         self.comb_param = nn.Parameter(torch.randn(width))
-        self.feed_forward = MoEAdapters(width, num_experts, topk, reduction, dropout, modality_gates, layer_index)
+        self.moe = MoEAdapters(width, num_experts, topk, reduction, dropout, modality_gates, layer_index)
 
     def forward(self, x: torch.Tensor, modality: str, batch_axis_attention: bool) -> tuple[torch.Tensor, LayerRouting]:
         """x (B, T, D) -> (B, T, D), routing. ``batch_axis_attention`` reproduces the release's leak."""
@@ -208,12 +239,13 @@ class EFPBlock(nn.Module):
             x = x + self.attn(h.transpose(0, 1)).transpose(0, 1)
         else:
             x = x + self.attn(h)
-        y, routing = self.feed_forward(self.ln_3(x), self.comb_param, modality)
+        y, routing = self.moe(self.ln_3(x), self.comb_param, modality)
         return x + self.mlp(self.ln_2(x)) + y, routing
 
 
 class EFP(nn.Module):
-    """PHP's ``MOETransformer`` (``shared_transformer``): a stack of :class:`EFPBlock` shared by both towers."""
+    """PHP's ``MOETransformer`` (the release's ``shared_transformer``): a stack of :class:`EFPBlock` shared by
+    both towers."""
 
     def __init__(self, width: int, layers: int, heads: int, num_experts: int, topk: int, reduction: int,
                  dropout: float = 0.1, *, attention: str = "tokens", gating: str = "modality") -> None:
@@ -253,16 +285,17 @@ class PHP(IRRA):
     def __init__(self, cfg: Config, clip_config: CLIPConfig, num_classes: int) -> None:
         super().__init__(cfg, clip_config, num_classes)
         m = cfg.model
-        self.safl = CRFM(self.embed_dim, m.cnum)
-        self.shared_transformer = EFP(self.embed_dim, m.moe_layers, m.moe_heads, m.num_experts, m.topk, m.reduction,
-                                      m.adapter_dropout, attention=m.efp_attention, gating=m.moe_gating)
+        self.crfm = CRFM(self.embed_dim, m.cnum)
+        self.efp = EFP(self.embed_dim, m.moe_layers, m.moe_heads, m.num_experts, m.topk, m.reduction,
+                       m.adapter_dropout, attention=m.efp_attention, gating=m.moe_gating)
         self.crfm_attend_padding = m.crfm_attend_padding
+        self.register_load_state_dict_pre_hook(_load_release_names)  # the release's and older runs' keys
 
     def image_features(self, images: torch.Tensor, need_tokens: bool = True
                        ) -> tuple[torch.Tensor, torch.Tensor, list[LayerRouting]]:
         """images (B, 3, H, W) -> (global (B, D) float32, all tokens (B, 1 + P, D), one routing per EFP layer)."""
         tokens = self.base_model.encode_image(images)
-        unified, routing = self.shared_transformer(self.safl(tokens[:, 1:], modality="image"), "image")
+        unified, routing = self.efp(self.crfm(tokens[:, 1:], modality="image"), "image")
         return tokens[:, 0].float() + unified.float().mean(dim=1), tokens, routing
 
     def text_features(self, caption_ids: torch.Tensor, need_tokens: bool = True
@@ -279,6 +312,6 @@ class PHP(IRRA):
             tokens = self.base_model.encode_text(caption_ids)
         # CRFM pools the caption up to and including EOT (the release: every position)
         valid = None if self.crfm_attend_padding else fast.prefix_mask(eot, caption_ids.shape[1])
-        unified, routing = self.shared_transformer(self.safl(tokens, valid, modality="text"), "text")
+        unified, routing = self.efp(self.crfm(tokens, valid, modality="text"), "text")
         feats = tokens[torch.arange(tokens.shape[0], device=tokens.device), eot].float()
         return feats + unified.float().mean(dim=1), tokens, routing

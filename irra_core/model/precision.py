@@ -6,7 +6,7 @@ returned as float32). ``legacy_fp16`` reproduces IRRA's (and PHP's) pure-fp16 mo
 weights and biases of every Linear / Conv, attention ``in_proj_weight`` / ``in_proj_bias`` and the
 parameters named ``text_projection`` / ``proj`` become float16, while LayerNorms, embeddings, positional
 and class embeddings stay float32 (LayerNorm computes in float32 and casts back). PHP's extra float32
-parameters (``comb_param``, ``feed_forward.alpha``) stay float32, as in its checkpoints.
+parameters (``comb_param``, ``moe.alpha``) stay float32, as in its checkpoints.
 """
 from __future__ import annotations
 

@@ -28,6 +28,7 @@ from irra_core.config import Config, ModelConfig, LossConfig, config_from_refere
 from irra_core.model.clip_state import clip_config_from_state_dict
 from irra_core.model.architectures import create_model
 from irra_core.model.irra import IRRA
+from irra_core.model.php import rename_release_keys
 from irra_core.model.precision import apply_precision
 
 __all__ = ["load_reference_run", "read_reference_options", "read_state_dict", "check_state_dict",
@@ -147,23 +148,22 @@ def load_reference_run(run_dir: str | Path, *, reference_behaviour: bool = False
 
     state = read_state_dict(run_dir / checkpoint)
     dropped = [k for k in state if any(p.search(k) for p in DROPPED_KEY_PATTERNS)]
-    state = {k: v for k, v in state.items() if k not in dropped}
+    state = rename_release_keys({k: v for k, v in state.items() if k not in dropped})  # safl -> crfm ...
     base = {k[len("base_model."):]: v for k, v in state.items() if k.startswith("base_model.")}
     clip_config = clip_config_from_state_dict(base, image_resolution=tuple(cfg.data.img_size),
                                               stride_size=cfg.model.stride_size)
     notes: list[str] = []
-    if "safl.part_tokens" in state:
-        dim = state["safl.part_tokens"].shape[1]
-        set_value(cfg, "model.cnum", int(state["safl.part_tokens"].shape[0]))
-        set_value(cfg, "model.moe_layers", _count(state, r"^shared_transformer\.resblocks\.(\d+)\."))
-        set_value(cfg, "model.num_experts",
-                  _count(state, r"^shared_transformer\.resblocks\.0\.feed_forward\.experts\.(\d+)\."))
-        down = state.get("shared_transformer.resblocks.0.feed_forward.experts.0.down.weight")
+    if "crfm.part_tokens" in state:
+        dim = state["crfm.part_tokens"].shape[1]
+        set_value(cfg, "model.cnum", int(state["crfm.part_tokens"].shape[0]))
+        set_value(cfg, "model.moe_layers", _count(state, r"^efp\.resblocks\.(\d+)\."))
+        set_value(cfg, "model.num_experts", _count(state, r"^efp\.resblocks\.0\.moe\.experts\.(\d+)\."))
+        down = state.get("efp.resblocks.0.moe.experts.0.down.weight")
         if down is not None:
             set_value(cfg, "model.reduction", int(dim // down.shape[0]))
-        has_text_gate = any(k.endswith("feed_forward.task_gate_text.weight") for k in state)
+        has_text_gate = any(k.endswith("moe.task_gate_text.weight") for k in state)
         if cfg.model.moe_gating == "modality" and not has_text_gate:
-            for k in [k for k in state if k.endswith("feed_forward.task_gate.weight")]:
+            for k in [k for k in state if k.endswith("moe.task_gate.weight")]:
                 state[k.replace("task_gate.weight", "task_gate_text.weight")] = state[k].clone()
             notes.append("moe_gating='modality' on a shared-gate checkpoint: task_gate_text starts as a copy "
                          "of task_gate (identical outputs until fine-tuned)")
