@@ -5,10 +5,11 @@ diff the two; the maths is written anew from SPEC §1.10 and §2.5. Every functi
 
 The model's forward returns features and logits (``image_feats``, ``text_feats``, ``logit_scale``, and
 ``image_logits``/``text_logits``, ``mlm_scores``/``mlm_labels``, ``routing`` where its heads exist).
-:data:`LOSSES` maps each loss name of ``cfg.loss.names`` to a function of those outputs, and
+:data:`LOSSES` maps each loss name of ``cfg.loss.names`` to a function of those outputs (registered with
+:func:`register_loss`), and
 :func:`total_loss` weighs them with ``cfg.loss.weights`` (IRRA's ``id_loss_weight``, PHP's hard-coded
-``5 x ITC`` and ``aux_factor`` are configuration values). Adding a loss is one function in :data:`LOSSES` and
-its weight in ``irra_core.config.DEFAULT_LOSS_WEIGHTS``.
+``5 x ITC`` and ``aux_factor`` are configuration values). Adding a loss is one ``@register_loss`` function
+and its weight in ``irra_core.config.DEFAULT_LOSS_WEIGHTS``.
 
 Multi-process training (torchrun) computes the contrastive objectives (SDM, ITC, CMPM) over the *global*
 batch: the engine passes a ``gather`` (:func:`irra_core.distributed.gather_batch`, which keeps gradients to
@@ -24,7 +25,7 @@ import torch.nn.functional as F
 
 __all__ = [
     "compute_sdm", "compute_itc", "compute_id", "compute_cmpm", "compute_mlm", "moe_aux_loss",
-    "LOSSES", "total_loss", "batch_metrics", "Gather", "MLM_IGNORE_INDEX",
+    "LOSSES", "register_loss", "total_loss", "batch_metrics", "Gather", "MLM_IGNORE_INDEX",
 ]
 
 #: label of positions the MLM loss ignores (IRRA pads labels with 0, which is also the id of "!")
@@ -167,46 +168,61 @@ def moe_aux_loss(gate_logits: torch.Tensor, topk_indices: torch.Tensor, num_expe
 
 
 # ---------------------------------------------------------------------------------------------- registry
+#: loss name (``cfg.loss.names``) -> function (model outputs, batch, gather) -> scalar, before its weight
+LOSSES: dict[str, Callable[..., torch.Tensor]] = {}
+
+
+def register_loss(name: str) -> Callable:
+    """Decorator: ``@register_loss("sdm")`` makes the function the loss ``name`` of :data:`LOSSES`."""
+    def register(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+        if name in LOSSES:
+            raise ValueError(f"loss {name!r} is registered twice ({LOSSES[name].__name__}, {fn.__name__})")
+        LOSSES[name] = fn
+        return fn
+    return register
+
+
 def _global(outputs: dict, batch: dict, gather: Gather | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     image, text, pids = outputs["image_feats"], outputs["text_feats"], batch["pids"]
     return (image, text, pids) if gather is None else gather(image, text, pids)
 
 
+@register_loss("sdm")
 def sdm_loss(outputs: dict, batch: dict, gather: Gather | None = None) -> torch.Tensor:
     """:func:`compute_sdm` of the (global) batch's features."""
     image, text, pids = _global(outputs, batch, gather)
     return compute_sdm(image, text, pids, outputs["logit_scale"])
 
 
+@register_loss("itc")
 def itc_loss(outputs: dict, batch: dict, gather: Gather | None = None) -> torch.Tensor:
     """:func:`compute_itc` of the (global) batch's features."""
     image, text, _ = _global(outputs, batch, gather)
     return compute_itc(image, text, outputs["logit_scale"])
 
 
+@register_loss("cmpm")
 def cmpm_loss(outputs: dict, batch: dict, gather: Gather | None = None) -> torch.Tensor:
     """:func:`compute_cmpm` of the (global) batch's features."""
     return compute_cmpm(*_global(outputs, batch, gather))
 
 
+@register_loss("id")
 def id_loss(outputs: dict, batch: dict, gather: Gather | None = None) -> torch.Tensor:
     """:func:`compute_id` of this process's classifier logits."""
     return compute_id(outputs["image_logits"], outputs["text_logits"], batch["pids"])
 
 
+@register_loss("mlm")
 def mlm_loss(outputs: dict, batch: dict, gather: Gather | None = None) -> torch.Tensor:
     """:func:`compute_mlm` of the MLM head's scores at this process's masked positions."""
     return compute_mlm(outputs["mlm_scores"], outputs["mlm_labels"])
 
 
+@register_loss("aux")
 def aux_loss(outputs: dict, batch: dict, gather: Gather | None = None) -> torch.Tensor:
     """PHP's load balancing: :func:`moe_aux_loss` summed over the EFP layers of both towers (``routing``)."""
     return sum(sum(layer.aux for layer in layers) for layers in outputs["routing"].values())
-
-
-#: loss name (``cfg.loss.names``) -> function (model outputs, batch, gather) -> scalar, before its weight
-LOSSES: dict[str, Callable[..., torch.Tensor]] = {
-    "sdm": sdm_loss, "itc": itc_loss, "id": id_loss, "mlm": mlm_loss, "cmpm": cmpm_loss, "aux": aux_loss}
 
 
 def total_loss(outputs: dict, batch: dict, weights: Mapping[str, float],

@@ -157,3 +157,12 @@ def test_total_loss_weighs_each_registered_loss_and_rejects_unknown_names():
     torch.testing.assert_close(terms["id_loss"], 0.5 * losses.compute_id(*logits, pids))
     with pytest.raises(KeyError, match="xyz"):
         losses.total_loss(outputs, {"pids": pids}, {"xyz": 1.0})
+
+
+def test_a_loss_with_a_weight_but_no_function_is_refused_when_the_model_is_built():
+    from irra_core.config import ConfigError, load_config
+    from irra_core.model import build_model
+
+    cfg = load_config("irra-cpu", {"loss.names": "sdm+nothing", "loss.weights.nothing": 1.0}, smoke=True)
+    with pytest.raises(ConfigError, match="nothing"):
+        build_model(cfg, num_classes=4)
