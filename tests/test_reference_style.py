@@ -14,6 +14,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import load_bench_config, synthetic_batch  # noqa: E402
 from benchmarks.reference_style import ReferenceStyleCLIP, build_reference_style  # noqa: E402
+from irra_core import losses  # noqa: E402
 from irra_core.model import build_model  # noqa: E402
 from test_model_presets import single_thread  # noqa: E402,F401  (module-scoped, autouse)
 
@@ -49,7 +50,7 @@ def test_same_weights_give_our_features_and_losses(cfg):
     with torch.no_grad():
         image_ref, text_ref = ref.global_features(batch["images"], batch["caption_ids"])
         image_ours, text_ours = ours.encode_image(batch["images"]), ours.encode_text(batch["caption_ids"])
-        losses_ref, losses_ours = ref(batch), ours(batch)
+        losses_ref, losses_ours = ref(batch), losses.total_loss(ours(batch), batch, cfg.loss_weights())
     assert image_ref.dtype == text_ref.dtype == torch.float32
     assert image_ref.shape == text_ref.shape == (4, cfg.model.embed_dim)
     torch.testing.assert_close(image_ref, image_ours, atol=FEATURE_ATOL, rtol=0)
