@@ -110,3 +110,19 @@ def test_reference_args_unknown_option_is_named():
 
 def test_defaults_are_the_schema():
     assert load_config(None).to_dict() == Config().to_dict()
+
+
+def test_loss_weights_new_and_older_keys():
+    cfg = load_config("php-cpu")
+    assert cfg.loss_weights() == {"sdm": 1.0, "itc": 5.0, "aux": 0.5}  # the preset's weights: {itc: 5, aux: 0.5}
+    older = load_config("php-cpu", {"loss.itc_weight": 2, "loss.aux_weight": "0.25"})  # keys before loss.weights
+    newer = load_config("php-cpu", {"loss.weights": {"itc": 2}, "loss.weights.aux": 0.25})
+    assert older.loss.weights == newer.loss.weights and newer.loss_weights() == {"sdm": 1.0, "itc": 2.0, "aux": 0.25}
+    # a run folder's config.yaml written before loss.weights existed still loads
+    saved = newer.to_dict()
+    saved["loss"] = {"names": "sdm+itc+aux", "sdm_weight": 1.0, "itc_weight": 2.0, "aux_weight": 0.25}
+    assert config_from_dict(saved).loss.weights == newer.loss.weights
+    with pytest.raises(ConfigError, match="loss.weights"):
+        load_config(None, {"loss.weights": 3})
+    with pytest.raises(ConfigError, match="loss.weights.sdm"):
+        load_config(None, {"loss.weights.sdm": "heavy"})
