@@ -355,3 +355,24 @@ def test_pipeline_checks_overrides_and_dataset_before_making_the_run_folder(data
     assert pipeline.main(common + ["--dataset", "CUHK-PEDES", "--data-root", str(tmp_path / "empty")]) == 2
     assert "caption_all.json" in _one_paragraph(capsys.readouterr().err)
     assert not (runs / "r").exists()
+
+
+def test_error_paragraph_keeps_paths_and_urls_whole_and_warnings_are_one_line(capsys):
+    import warnings
+
+    from irra_core.cli import UserError, format_error, run_cli
+
+    path = "/data/CUHK-PEDES/CUHK-PEDES.json"
+    url = "https://example.org/" + "x" * 120 + "/ViT-B-16.pt"
+    text = format_error(UserError(f"rename {path} with care; fetch {url}\n\nsecond paragraph"), width=60)
+    assert path in text and url in text and text.startswith("error: ") and "\n  second paragraph" in text
+
+    shown = []
+
+    def main(argv):  # pytest records warnings itself, so the format is read where a warning would use it
+        shown.append(warnings.formatwarning("slow on the CPU", UserWarning, "engine.py", 1, "source line"))
+        raise UserError("stop")
+
+    assert run_cli(main, []) == 2
+    assert shown == ["warning: slow on the CPU\n"] and capsys.readouterr().err == "error: stop\n"
+    assert "engine.py" in warnings.formatwarning("x", UserWarning, "engine.py", 1, "")  # restored afterwards
