@@ -56,6 +56,11 @@ class DataConfig:
     # IRRA masks the caption tensor in place, so SDM/ID train on masked captions (IRRA#13)
     mlm_shared_caption_bug: bool = False
     val_split: str = "val"  # split used for model selection: val | test
+    # hold out this many training identities as the val split (for datasets without one, e.g. ICFG-PEDES);
+    # chosen with val_from_train_seed, listed in the run folder's val_from_train.json
+    val_from_train: int = 0
+    val_from_train_seed: int = 0
+    max_identities: int = 0  # keep the first N identities of each split (0 = all); the smoke preset sets it
     skip_bad_images: bool = False  # only on request; skipped files are reported
 
 
@@ -142,7 +147,8 @@ class TrainConfig:
     grad_accum: int = 1
     grad_clip: float = 0.0  # 0 = off
     eval_period: int = 1
-    select_on: str = "val"  # val | test | last (IRRA selects on test)
+    # val | test | last (IRRA selects on test); "val" on a dataset without a val split selects the last epoch
+    select_on: str = "val"
     log_period: int = 100
     seed: int = 1
     deterministic: bool = False
@@ -212,8 +218,9 @@ def load_config(name_or_path: str | Path | None = None, overrides: Mapping[str, 
             ``base`` preset they extend.
         overrides: ``{"optim.lr": 3e-6, "model.efp_attention": "batch"}``; nested dicts are
             accepted too. Applied last.
-        smoke: shrink everything to the ``smoke`` preset's sizes (tiny towers, a tiny synthetic
-            set, one short epoch, CPU) while keeping the architecture and switches chosen.
+        smoke: shrink everything to the ``smoke`` preset's sizes (tiny towers, the first few identities
+            of the dataset named, or a tiny synthetic set when none is, one short epoch, CPU) while
+            keeping the architecture, switches and dataset chosen.
 
     Raises:
         ConfigError: unknown preset, unknown key, wrong type or a value outside its choices.
@@ -359,6 +366,9 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"'data.img_size' must be (H, W), got {cfg.data.img_size!r}")
     if cfg.model.topk > cfg.model.num_experts:
         raise ConfigError(f"'model.topk' ({cfg.model.topk}) exceeds 'model.num_experts' ({cfg.model.num_experts})")
+    for key in ("val_from_train", "max_identities"):
+        if getattr(cfg.data, key) < 0:
+            raise ConfigError(f"'data.{key}' must be >= 0 (0 = off), got {getattr(cfg.data, key)}")
     if cfg.model.temperature <= 0:
         raise ConfigError("'model.temperature' must be > 0 (the logit scale is 1 / temperature)")
     if cfg.model.vision_width % cfg.model.vision_heads or cfg.model.text_width % cfg.model.text_heads:

@@ -11,7 +11,13 @@ Every ``train.eval_period`` epochs (and after the last) the model is evaluated o
 ``data.val_split`` by default, the test split with ``train.select_on: test`` (IRRA's behaviour).
 ``checkpoints/last.pt`` is written after every epoch and ``best.pt`` whenever t2i R1 improves. At the end
 the best and the last checkpoints are evaluated on the test split; ``metrics.json`` reports the selected
-one (``select_on: last`` selects the last) and both.
+one (``select_on: last`` selects the last) and both. A dataset without a validation split (ICFG-PEDES)
+selects the last epoch under the default ``select_on: val`` and says so (printed, and in ``metrics.json``'s
+``selection``); ``data.val_from_train: N`` holds N training identities out as a real validation split
+(listed in the run folder's ``val_from_train.json``). See :func:`resolve_selection`.
+
+A start that fails before the first training step (a bad dataset, weights that cannot be loaded) removes
+the run folder it created, so no empty run is left behind; a folder that existed before is never removed.
 
 A killed run restarts from ``last.pt`` with ``resume=True``: finished epochs are kept, and on the CPU with
 ``train.deterministic`` the resumed run retraces the uninterrupted one exactly (tests/test_resume.py).
@@ -43,7 +49,8 @@ from irra_core.runs import RunDir, environment_info
 from irra_core.scheduler import build_scheduler
 from irra_core.train_progress import EpochMeter, Progress
 
-__all__ = ["fit", "FitResult", "TrainState", "seed_everything", "resolve_device", "SELECTION_METRIC"]
+__all__ = ["fit", "FitResult", "TrainState", "Selection", "resolve_selection", "seed_everything", "resolve_device",
+           "SELECTION_METRIC"]
 
 #: what "best" means, as in IRRA: text-to-image Rank-1 on the selection split
 SELECTION_METRIC = ("t2i", "R1")
@@ -121,13 +128,15 @@ def resolve_device(name: str, dist_info: DistInfo | None = None) -> torch.device
     """``auto`` -> ``cuda`` when available (``cuda:<local_rank>`` under torchrun), else ``cpu``."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
+    from irra_core.config import ConfigError
+
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise RuntimeError(f"train.device = {name!r} but no CUDA device is available; use 'cpu' or 'auto'")
+            raise ConfigError(f"train.device = {name!r} but no CUDA device is available; use 'cpu' or 'auto'")
         if name == "cuda" and dist_info is not None and dist_info.enabled:
             name = f"cuda:{dist_info.local_rank}"
     elif name != "cpu":
-        raise ValueError(f"train.device = {name!r}; choose auto, cpu, cuda or cuda:N")
+        raise ConfigError(f"train.device = {name!r}; choose auto, cpu, cuda or cuda:N")
     return torch.device(name)
 
 
@@ -169,16 +178,60 @@ def _call(callbacks: Iterable[Any], hook: str, state: TrainState) -> None:
 # ------------------------------------------------------------------------------------------------------
 # fit
 # ------------------------------------------------------------------------------------------------------
-def _selection_split(cfg: Config) -> str:
-    return "test" if cfg.train.select_on == "test" else cfg.data.val_split
+@dataclass(frozen=True)
+class Selection:
+    """How a run picks its reported checkpoint (``metrics.json``'s ``selection``).
+
+    ``policy``: ``val`` | ``test`` | ``last`` (the one in effect); ``requested``: ``train.select_on``;
+    ``split``: the split evaluated during training (None: no evaluation until the end); ``note``: why the
+    policy differs from the requested one, or what it implies ("" when nothing needs saying).
+    """
+
+    policy: str
+    requested: str
+    split: str | None
+    note: str = ""
 
 
-def _check_split(dataset, split: str, cfg: Config) -> None:
+def _has_split(dataset: Any, split: str) -> bool:
     data = getattr(dataset, split, None)
-    if not data or not len(data.get("captions", [])) or not len(data.get("img_paths", [])):
-        raise ValueError(f"the {split!r} split of {cfg.data.dataset!r} is empty, so it cannot select checkpoints; "
-                         f"set train.select_on=test (IRRA's behaviour, selection on the test split) or "
-                         f"train.select_on=last")
+    return bool(data and len(data.get("captions", [])) and len(data.get("img_paths", [])))
+
+
+def resolve_selection(cfg: Config, dataset: Any) -> Selection:
+    """The selection policy for ``cfg`` on ``dataset`` (correct by default, SPEC Q2).
+
+    * ``select_on: val`` selects on ``data.val_split``; when the dataset has no validation split (ICFG-PEDES)
+      the last epoch is selected instead, with a note naming the two alternatives: ``data.val_from_train``
+      (a validation split held out of training) and ``select_on: test`` (IRRA).
+    * ``select_on: test`` selects on the test split (IRRA's behaviour; the reported numbers are optimistic).
+    * ``select_on: last`` selects the last epoch; a val split, when there is one, is still evaluated for
+      the curves.
+
+    Raises:
+        DatasetError: the test split is empty, or ``data.val_split`` names an empty split explicitly.
+    """
+    from irra_core.data.errors import DatasetError
+
+    name = getattr(dataset, "name", cfg.data.dataset)
+    if not _has_split(dataset, "test"):
+        raise DatasetError(f"the test split of {name!r} is empty; a run needs one to report its metrics "
+                           f"(check the annotation file's 'split' fields)")
+    requested = cfg.train.select_on
+    if requested == "test":
+        return Selection("test", requested, "test", "selected on the test split (IRRA's behaviour, "
+                                                    "train.select_on=test): the reported numbers are optimistic")
+    split = cfg.data.val_split
+    if _has_split(dataset, split):
+        return Selection(requested, requested, split)
+    if requested == "last":
+        return Selection("last", requested, None)
+    if split != "val":
+        raise DatasetError(f"data.val_split={split!r} but the {split} split of {name!r} is empty")
+    return Selection("last", requested, None,
+                     f"{name} has no validation split, so the last epoch is selected (train.select_on=val "
+                     f"cannot apply); set data.val_from_train=N to hold N training identities out as a "
+                     f"validation split, or train.select_on=test to select on the test split as IRRA did")
 
 
 def _evaluate(model: nn.Module, cfg: Config, split: str, device: torch.device, out_dir: Path | None) -> dict:
@@ -214,16 +267,23 @@ def fit(cfg: Config, run_dir: str | Path, *, callbacks: Iterable[Any] = (), resu
     started_group = not torch.distributed.is_initialized()
     dist_info = init_distributed(cfg.train.device if cfg.train.device != "auto" else
                                  ("cuda" if torch.cuda.is_available() else "cpu"))
+    run_dir = Path(run_dir)
+    fresh = not run_dir.exists()
+    progress = {"training": False}  # set by _fit once the first step is about to run
     try:
         with _deterministic(cfg.train.deterministic):
-            return _fit(cfg, Path(run_dir), callbacks, resume, dataset, model, dist_info)
+            return _fit(cfg, run_dir, callbacks, resume, dataset, model, dist_info, progress)
+    except Exception:
+        if fresh and not progress["training"] and dist_info.is_main and run_dir.is_dir():
+            shutil.rmtree(run_dir, ignore_errors=True)  # this start made it and nothing ran: leave nothing
+        raise
     finally:
         if started_group and dist_info.enabled:
             cleanup_distributed()
 
 
 def _fit(cfg: Config, run_dir: Path, callbacks: list, resume: bool, dataset: Any, model: nn.Module | None,
-         dist_info: DistInfo) -> FitResult:
+         dist_info: DistInfo, progress_flag: dict) -> FitResult:
     from irra_core.data import build_train_loader, prepare_dataset
 
     device = resolve_device(cfg.train.device, dist_info)
@@ -245,10 +305,18 @@ def _fit(cfg: Config, run_dir: Path, callbacks: list, resume: bool, dataset: Any
         barrier()
         if not main:
             dataset = prepare_dataset(cfg)
-    eval_split = _selection_split(cfg)
-    if cfg.train.select_on != "last":
-        _check_split(dataset, eval_split, cfg)
-    _check_split(dataset, "test", cfg)
+    selection = resolve_selection(cfg, dataset)
+    eval_split = selection.split
+    if main:
+        if selection.note:
+            print(f"selection: {selection.note}", flush=True)
+        if getattr(dataset, "val_from_train", None):
+            from irra_core.io_utils import atomic_write_json
+
+            atomic_write_json(run.path / "val_from_train.json", dataset.val_from_train)
+        if getattr(dataset, "subset", None):
+            print(f"data: {dataset.name} cut to its first {dataset.subset['max_identities']} identities per split "
+                  f"(data.max_identities): {dataset.subset['identities']} of {dataset.subset['of']}", flush=True)
 
     if model is None:
         from irra_core.model import build_model
@@ -298,6 +366,7 @@ def _fit(cfg: Config, run_dir: Path, callbacks: list, resume: bool, dataset: Any
         finished = True
 
     epoch = start_epoch
+    progress_flag["training"] = True
     while not finished and epoch <= cfg.train.num_epoch:
         state.epoch, state.epoch_step = epoch, 0
         _set_epoch(loader, epoch)
@@ -359,7 +428,7 @@ def _fit(cfg: Config, run_dir: Path, callbacks: list, resume: bool, dataset: Any
 
         # evaluation and selection (main process; the others wait)
         improved = False
-        if main and (epoch % max(1, cfg.train.eval_period) == 0 or stopping):
+        if main and eval_split is not None and (epoch % max(1, cfg.train.eval_period) == 0 or stopping):
             state.eval_metrics = _evaluate(model, cfg, eval_split, device, None)
             record["eval"] = {"split": eval_split, **state.eval_metrics}
             score = state.eval_metrics[SELECTION_METRIC[0]][SELECTION_METRIC[1]]
@@ -385,7 +454,7 @@ def _fit(cfg: Config, run_dir: Path, callbacks: list, resume: bool, dataset: Any
 
     metrics = None
     if main:
-        metrics = _final_report(cfg, run, model, device, eval_split)
+        metrics = _final_report(cfg, run, model, device, selection)
     barrier()
     if not main:
         metrics = run.read_metrics() if run.metrics_path.exists() else {}
@@ -417,13 +486,13 @@ def _repair_best(run: RunDir, best_epoch: int | None) -> None:
         _copy_atomic(run.last_checkpoint, run.best_checkpoint)
 
 
-def _final_report(cfg: Config, run: RunDir, model: nn.Module, device: torch.device, eval_split: str) -> dict:
+def _final_report(cfg: Config, run: RunDir, model: nn.Module, device: torch.device, selection: Selection) -> dict:
     """Evaluate best and last on the test split, write ``metrics.json`` (reused when already written) and
     leave the selected checkpoint's weights in ``model``."""
     last_state = load_checkpoint(run.last_checkpoint, map_location=device)
     last_epoch = last_state["epoch"]
     best_epoch = last_state.get("extra", {}).get("best_epoch")
-    use_best = cfg.train.select_on != "last" and best_epoch is not None and run.best_checkpoint.exists()
+    use_best = selection.policy != "last" and best_epoch is not None and run.best_checkpoint.exists()
     module = unwrap_model(model)
     best_state = None
     if best_epoch is not None and run.best_checkpoint.exists() and best_epoch != last_epoch:
@@ -449,10 +518,11 @@ def _final_report(cfg: Config, run: RunDir, model: nn.Module, device: torch.devi
     selected = best["test"] if use_best and best is not None else last_test
     metrics = {"t2i": selected["t2i"], "i2t": selected["i2t"], "best": best,
                "last": {"epoch": last_epoch, "test": last_test},
-               "selection": {"policy": cfg.train.select_on,
-                             "split": eval_split if cfg.train.select_on != "last" else None,
+               "selection": {"policy": selection.policy, "requested": selection.requested,
+                             "split": selection.split if selection.policy != "last" else None,
                              "metric": ".".join(SELECTION_METRIC),
-                             "epoch": best_epoch if use_best and best is not None else last_epoch}}
+                             "epoch": best_epoch if use_best and best is not None else last_epoch,
+                             "note": selection.note}}
     run.write_metrics(metrics)
     module.load_state_dict(selected_state["model"])
     return metrics

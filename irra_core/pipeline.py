@@ -11,7 +11,10 @@ root as working directory, and ends with a summary of where everything is and th
     python -m irra_core.pipeline --list                        # notebooks and their parameters
 
 Papermill only *warns* about a parameter a notebook does not declare; here such a name is an error,
-checked with ``papermill.inspect_notebook`` before anything runs. A failing cell stops the run with an
+checked with ``papermill.inspect_notebook`` before anything runs, as are the config overrides and the
+dataset's folder (so a call that cannot start leaves no run folder). Such errors print one ``error: ...``
+paragraph and exit 2; a notebook that fails exits 1. ``--smoke`` shrinks sizes only: the dataset named
+with ``--dataset`` is kept (its first identities; the synthetic set when none is named). A failing cell stops the run with an
 error naming the notebook and the cell. The run folder keeps a small ``pipeline.json`` (written
 atomically) recording which notebooks finished, so ``--resume`` re-runs only what is missing or failed.
 
@@ -37,6 +40,10 @@ import yaml
 from irra_core import paths
 from irra_core.io_utils import atomic_write_json, read_json
 from irra_core.workbook import PipelineError, default_run_name
+
+class NotebookFailed(PipelineError):
+    """A notebook raised while running (exit status 1); the message names it, the cell and the executed copy."""
+
 
 #: the parameters every numbered notebook declares in its one ``parameters`` cell (docs/ARCHITECTURE.md)
 STANDARD_PARAMETERS = ("RUN_NAME", "PRESET", "DATASET", "DATA_ROOT", "OVERRIDES", "SMOKE", "DEVICE", "SEED",
@@ -318,6 +325,7 @@ def run_pipeline(*, dataset: str = "synthetic", data_root: str | Path | None = N
                             f"another --run-name")
     if resume and not run_dir.exists():
         raise PipelineError(f"--resume: run folder {run_dir} does not exist")
+    _preflight(dataset, data_root, preset, overrides, smoke=smoke, device=device, seed=seed)
 
     standard = {"RUN_NAME": run_name, "PRESET": preset, "DATASET": dataset,
                 "DATA_ROOT": str(Path(data_root).resolve()) if data_root is not None else str(paths.data_root()),
@@ -403,8 +411,28 @@ def run_pipeline(*, dataset: str = "synthetic", data_root: str | Path | None = N
         result.metrics = read_json(metrics_path, "run metrics")
     if failure is not None:
         echo(format_summary(result))
-        raise PipelineError(failure)
+        raise NotebookFailed(failure)
     return result
+
+
+def _preflight(dataset: str, data_root: str | Path | None, preset: str, overrides: Mapping[str, Any] | None, *,
+               smoke: bool, device: str, seed: int) -> None:
+    """Check what would otherwise fail inside a notebook, before the run folder exists: the config
+    overrides (for both models) and, for a real dataset, its folder and annotation file.
+
+    Raises:
+        ConfigError: an unknown override key or a bad value.
+        DatasetError: the dataset folder or its annotation file is missing (the message says what is there).
+    """
+    from irra_core.workbook import workbook_config
+
+    root = str(Path(data_root)) if data_root is not None else str(paths.data_root())
+    for arch in ("irra", "php"):
+        workbook_config(arch, preset, dataset, root, overrides, smoke=smoke, device=device, seed=seed)
+    if dataset != "synthetic":
+        from irra_core.data.parsers import resolve_dataset_dir
+
+        resolve_dataset_dir(dataset, root)
 
 
 def format_summary(result: PipelineResult) -> str:
@@ -473,7 +501,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--to", dest="stop", default=None, help="last notebook number to run (inclusive)")
     parser.add_argument("--resume", action="store_true",
                         help="continue an existing run: skip finished notebooks, re-run failed ones")
-    parser.add_argument("--smoke", action="store_true", help="tiny sizes (SMOKE=True), as in CI")
+    parser.add_argument("--smoke", action="store_true",
+                        help="tiny sizes (SMOKE=True), as in CI: the dataset named is kept (its first identities)")
     parser.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N (default auto)")
     parser.add_argument("--seed", type=int, default=None, help="training seed (SEED, default 1)")
     parser.add_argument("--notebooks-dir", default=None, help="folder of numbered notebooks (default notebooks/)")
@@ -486,7 +515,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Entry point of ``python -m irra_core.pipeline``: 0 when every notebook finished, 1 when one failed,
+    2 for an expected error before anything ran (one ``error: ...`` paragraph, :func:`irra_core.cli.run_cli`)."""
+    from irra_core.cli import run_cli
+
+    return run_cli(_main, argv)
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    parser.add_argument("--debug", action="store_true", help="show the traceback of expected errors too")
+    args = parser.parse_args(argv)
     try:
         if args.list:
             notebooks = select_notebooks(discover_notebooks(args.notebooks_dir), args.only, args.start, args.stop)
@@ -509,7 +548,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                               device=args.device, seed=args.seed, notebooks_dir=args.notebooks_dir,
                               runs_dir=args.runs_dir, kernel=args.kernel, cell_timeout=args.cell_timeout,
                               stream=not args.quiet)
-    except PipelineError as exc:
+    except NotebookFailed as exc:
         print(f"\nirra_core.pipeline: error: {exc}", file=sys.stderr)
         return 1
     print("\n" + format_summary(result))

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from irra_core.config import ConfigError, set_value
+from irra_core.config import set_value
 from irra_core.io_utils import atomic_write_json
 
 __all__ = ["main", "format_table"]
@@ -38,7 +38,14 @@ def _is_reference_options(path: Path) -> bool:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``python -m irra_core.test``; returns the exit status."""
+    """Entry point of ``python -m irra_core.test``; returns the exit status (2: an expected error, printed
+    as one ``error: ...`` paragraph by :func:`irra_core.cli.run_cli`)."""
+    from irra_core.cli import run_cli
+
+    return run_cli(_main, argv)
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m irra_core.test", allow_abbrev=False,
                                      description="Evaluate a training run (IRRA test.py style).")
     parser.add_argument("--config_file", required=True, help="RUN/config.yaml, or an IRRA/PHP configs.yaml")
@@ -49,15 +56,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--test_batch_size", type=int)
     parser.add_argument("--num_workers", type=int, help="loader workers (IRRA's configs.yaml says 8)")
     parser.add_argument("--out_dir", help="where to write metrics.json / queries.csv")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of expected errors too")
     args = parser.parse_args(argv)
-    try:
-        metrics, out_dir = evaluate_run(Path(args.config_file), checkpoint=args.checkpoint, split=args.split,
-                                        root_dir=args.root_dir, device=args.device,
-                                        batch_size=args.test_batch_size, out_dir=args.out_dir,
-                                        num_workers=args.num_workers)
-    except (ConfigError, FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    metrics, out_dir = evaluate_run(Path(args.config_file), checkpoint=args.checkpoint, split=args.split,
+                                    root_dir=args.root_dir, device=args.device,
+                                    batch_size=args.test_batch_size, out_dir=args.out_dir,
+                                    num_workers=args.num_workers)
     print(format_table(metrics))
     print(f"written to {out_dir}")
     return 0

@@ -3,8 +3,10 @@
 IRRA's and PHP's option names are accepted as they are (``--batch_size 64 --loss_names 'sdm+itc+aux'
 --moe_lr_factor 2.0`` ...), so their published commands run verbatim; they are applied on top of a preset
 (``--preset``, default ``php`` when the options are PHP's, else ``irra``) or a YAML file (``--config``).
-Then ``--smoke`` shrinks everything, and ``--set key=value`` (dotted keys, repeatable) comes last.
-Unknown options and keys are errors that name them.
+Then ``--smoke`` shrinks everything (sizes only: the dataset named with ``--dataset_name``/``--root_dir``
+is kept and cut to its first identities; the synthetic set is used when none is named), and ``--set
+key=value`` (dotted keys, repeatable) comes last. Unknown options and keys are errors that name them;
+expected errors print one ``error: ...`` paragraph and exit 2 (``--debug`` shows the traceback).
 
 The run folder is ``<--output_dir>/<YYYYmmdd-HHMMSS>_<name>_s<seed>`` (default output dir:
 ``outputs/runs``), or exactly ``--run_dir``. ``--resume`` continues ``--run_dir`` (or the run holding
@@ -53,7 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
     ours.add_argument("--config", help="a YAML config file (a run's config.yaml, or nested sections)")
     ours.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                       help="dotted override applied last, e.g. --set optim.lr=1e-4 (repeatable)")
-    ours.add_argument("--smoke", action="store_true", help="tiny sizes on the synthetic set (CI)")
+    ours.add_argument("--smoke", action="store_true",
+                      help="tiny sizes (towers, images, steps) on the first identities of the dataset named, "
+                           "or on a tiny synthetic set when none is named")
+    ours.add_argument("--debug", action="store_true", help="show the traceback of expected errors too")
     ours.add_argument("--run_dir", help="exact run folder (default: <output_dir>/<time>_<name>_s<seed>)")
     ours.add_argument("--dry_run", action="store_true", help="print the resolved config as YAML and exit")
     ref = parser.add_argument_group("IRRA / PHP options")
@@ -101,7 +106,7 @@ def config_from_argv(argv: Sequence[str] | None = None) -> tuple[Config, argpars
     """
     parser = build_parser()
     args = parser.parse_args(argv)
-    ours = {"preset", "config", "overrides", "smoke", "run_dir", "dry_run"}
+    ours = {"preset", "config", "overrides", "smoke", "run_dir", "dry_run", "debug"}
     reference = {k: v for k, v in vars(args).items() if k not in ours}
     if args.preset and args.config:
         raise ConfigError("--preset and --config both given; choose one (a YAML file may name its 'base' preset)")
@@ -149,12 +154,15 @@ def _run_dir(cfg: Config, args: argparse.Namespace) -> tuple[Path, bool]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``python -m irra_core.train``; returns the exit status."""
-    try:
-        cfg, args = config_from_argv(argv)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    """Entry point of ``python -m irra_core.train``; returns the exit status (2: an expected error, printed
+    as one ``error: ...`` paragraph by :func:`irra_core.cli.run_cli`)."""
+    from irra_core.cli import run_cli
+
+    return run_cli(_main, argv)
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
+    cfg, args = config_from_argv(argv)
     if args.dry_run:
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
         return 0
@@ -167,11 +175,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                              (cfg.train.device == "auto" and torch.cuda.is_available())) else "cpu"
     dist_info: DistInfo = init_distributed(device_type)
     try:
-        try:
-            run_dir, resume = _run_dir(cfg, args)
-        except ConfigError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
+        run_dir, resume = _run_dir(cfg, args)
+        if args.smoke and dist_info.is_main:
+            where = ("the synthetic set" if cfg.data.dataset == "synthetic" else
+                     f"{cfg.data.dataset} from {cfg.data.root}, its first {cfg.data.max_identities} identities per split")
+            print(f"smoke: tiny sizes on {where}", flush=True)
         if dist_info.enabled:  # every rank must use rank 0's folder (names carry a timestamp)
             holder = [str(run_dir)]
             torch.distributed.broadcast_object_list(holder, src=0)

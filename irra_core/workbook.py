@@ -16,7 +16,7 @@ from typing import Any, Mapping, Sequence
 from irra_core import paths
 
 __all__ = ["PipelineError", "default_run_name", "resolve_run_dir", "workbook_config", "selected_checkpoint",
-           "headline_metrics", "REPORTED_PACKAGES", "environment_checks", "raise_for_failed_checks"]
+           "run_checkpoints", "headline_metrics", "REPORTED_PACKAGES", "environment_checks", "raise_for_failed_checks"]
 
 
 class PipelineError(RuntimeError):
@@ -89,12 +89,19 @@ def selected_checkpoint(training_metrics: Mapping[str, Any]) -> str:
     return "last" if policy == "last" or not training_metrics.get("best") else "best"
 
 
+def run_checkpoints(training_metrics: Mapping[str, Any]) -> list[str]:
+    """The checkpoints a training run holds for evaluation: ``["best", "last"]``, or ``["last"]`` when it
+    selected without a validation split (no ``best.pt``: ``metrics.json`` has ``"best": null``)."""
+    return ["best", "last"] if training_metrics.get("best") else ["last"]
+
+
 def headline_metrics(evaluations: Mapping[str, Mapping[str, Mapping]], selected: Mapping[str, str],
                      headline: str = "php") -> dict:
     """The workbook run's ``metrics.json``: ``{"t2i", "i2t", "headline", "models"}``.
 
     Args:
-        evaluations: ``{model: {"best": {"t2i", "i2t"}, "last": {...}}}`` (test split, percent).
+        evaluations: ``{model: {"best": {"t2i", "i2t"}, "last": {...}}}`` (test split, percent); ``best``
+            is absent for a run without one (:func:`run_checkpoints`).
         selected: ``{model: "best" | "last"}`` (:func:`selected_checkpoint` of each training run).
         headline: the model whose selected checkpoint gives the top-level ``t2i`` / ``i2t``; the first
             evaluated model when it is absent.
@@ -102,7 +109,7 @@ def headline_metrics(evaluations: Mapping[str, Mapping[str, Mapping]], selected:
     if not evaluations:
         raise PipelineError("no evaluated model: train one first (notebooks 10_train_irra / 11_train_php)")
     chosen = headline if headline in evaluations else next(iter(evaluations))
-    models = {m: {"best": dict(e["best"]), "last": dict(e["last"]), "selected": selected[m]}
+    models = {m: {**{which: dict(e[which]) for which in ("best", "last") if which in e}, "selected": selected[m]}
               for m, e in evaluations.items()}
     top = models[chosen][models[chosen]["selected"]]
     return {"t2i": dict(top["t2i"]), "i2t": dict(top["i2t"]), "headline": f"{chosen} ({models[chosen]['selected']})",

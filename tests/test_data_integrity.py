@@ -43,7 +43,32 @@ def test_finds_missing_image(ds):
     victim = ds / "imgs" / _entries(ds)[5]["file_path"]
     victim.unlink()
     report = check_dataset("CUHK-PEDES", ds)
-    assert not report.ok and [i.path for i in report.errors if i.kind == "missing_image"] == [str(victim.resolve())]
+    (issue,) = [i for i in report.errors if i.kind == "missing_images"]
+    folder = victim.parent.relative_to(ds)
+    assert not report.ok and issue.path == str(folder) and victim.name in issue.message
+    assert report.missing_files == [{"path": str(victim.resolve()), "split": _entries(ds)[5]["split"]}]
+
+
+def test_missing_folders_are_grouped_with_counts_and_the_json_keeps_every_file(ds, tmp_path):
+    from irra_core.data.__main__ import main
+
+    entries = _entries(ds)
+    train_files = sorted({e["file_path"] for e in entries if e["split"] == "train"})
+    shutil.rmtree(ds / "imgs" / "train")  # a whole folder, as when an archive was not unpacked
+    (ds / "imgs" / [e["file_path"] for e in entries if e["split"] == "test"][0]).unlink()
+    report = check_dataset("CUHK-PEDES", ds, decode_images=False)
+    groups = [i for i in report.errors if i.kind == "missing_images"]
+    # one issue per folder, largest first, not one per file
+    assert [g.path for g in groups] == ["imgs/train", "imgs/test"]
+    assert f"{len(train_files)} of the {len(train_files)} image files" in groups[0].message
+    assert "the folder itself does not exist" in groups[0].message and groups[0].split == "train"
+    assert "1 of the" in groups[1].message and "does not exist" not in groups[1].message
+    assert len(report.missing_files) == len(train_files) + 1
+    out = tmp_path / "report.json"
+    assert main(["check", "--dataset", "CUHK-PEDES", "--root", str(ds), "--no-decode", "--json", str(out)]) == 1
+    listed = json.loads(out.read_text())["missing_files"]
+    assert sorted(m["path"] for m in listed if m["split"] == "train") == sorted(
+        str((ds / "imgs" / f).resolve()) for f in train_files)
 
 
 def test_finds_identity_overlap(ds):

@@ -115,15 +115,33 @@ def test_existing_run_folder_is_refused(tmp_path, monkeypatch):
                                                                           "train.log_period": 7})) == {}
 
 
-def test_empty_selection_split_is_an_error_naming_the_fix(tmp_path):
-    cfg = _cfg(tmp_path, **{"train.max_steps": 1})
+def test_dataset_without_val_split_selects_last_and_says_so(tmp_path, monkeypatch, capsys):
+    # ICFG-PEDES has no val split: the default select_on=val selects the last epoch, evaluates nothing during
+    # training, writes no best.pt and records why in metrics.json
+    scripted = ScriptedEvaluate([])
+    monkeypatch.setattr(irra_core.evaluation, "evaluate", scripted, raising=False)
+    cfg = _cfg(tmp_path, **{"train.num_epoch": 2, "train.max_steps": 0})
+    assert cfg.train.select_on == "val"
 
     from irra_core.data import prepare_dataset
 
     dataset = prepare_dataset(cfg)
     dataset.val = {"image_pids": [], "img_paths": [], "caption_pids": [], "captions": []}
-    with pytest.raises(ValueError, match="select_on=test"):
-        fit(cfg, tmp_path / "run", dataset=dataset)
+    result = fit(cfg, tmp_path / "run", dataset=dataset)
+    assert [split for split, out_dir in scripted.calls] == ["test"]  # only the final test evaluation
+    selection = result.metrics["selection"]
+    assert selection["policy"] == "last" and selection["requested"] == "val" and selection["epoch"] == 2
+    assert "no validation split" in selection["note"] and "data.val_from_train" in selection["note"]
+    assert result.metrics["best"] is None and result.best_checkpoint is None
+    assert result.metrics["t2i"] == result.metrics["last"]["test"]["t2i"]
+    assert "selection: " in capsys.readouterr().out
+    # IRRA's explicit switch still selects on the test split
+    scripted = ScriptedEvaluate([1.0, 2.0])
+    monkeypatch.setattr(irra_core.evaluation, "evaluate", scripted, raising=False)
+    cfg = _cfg(tmp_path, **{"train.num_epoch": 2, "train.max_steps": 0, "train.select_on": "test"})
+    result = fit(cfg, tmp_path / "run-test", dataset=dataset)
+    assert [split for split, _ in scripted.calls[:2]] == ["test", "test"]
+    assert result.metrics["selection"]["policy"] == "test" and result.metrics["best"]["epoch"] == 2
 
 
 def test_callbacks_see_steps_evals_and_can_stop(tmp_path, monkeypatch):

@@ -27,8 +27,18 @@ def prepare_dataset(cfg: Any) -> PedesDataset:
     """The dataset named by ``cfg.data``: generated (idempotently) when ``dataset == "synthetic"``.
 
     The synthetic set lives in ``<cfg.data.root>/synthetic/<fmt>-n<ids>-k<imgs>-s<seed>`` and is
-    parsed by the real parser of ``cfg.data.synthetic_format``.
+    parsed by the real parser of ``cfg.data.synthetic_format``. Then ``data.max_identities`` keeps the
+    first identities of each split (:func:`~irra_core.data.subsets.first_identities`) and
+    ``data.val_from_train`` holds training identities out as the val split
+    (:func:`~irra_core.data.subsets.hold_out_identities`).
+
+    Raises:
+        DatasetError: the dataset is missing or malformed, or image files it lists are missing (one
+            message grouping them by folder; not with ``data.skip_bad_images``, which skips them).
     """
+    from irra_core.data.images import check_images_exist
+    from irra_core.data.subsets import first_identities, hold_out_identities
+
     data = cfg.data
     if data.dataset == "synthetic":
         from irra_core.data.synthetic import make_synthetic_pedes, synthetic_dir
@@ -37,8 +47,15 @@ def prepare_dataset(cfg: Any) -> PedesDataset:
                                data.synthetic_images_per_id, data.synthetic_seed)
         make_synthetic_pedes(folder, data.synthetic_format, data.synthetic_identities,
                              data.synthetic_images_per_id, data.synthetic_seed)
-        return build_dataset(data.synthetic_format, folder)
-    return build_dataset(data.dataset, Path(data.root))
+        dataset = build_dataset(data.synthetic_format, folder)
+    else:
+        dataset = build_dataset(data.dataset, Path(data.root))
+    dataset = first_identities(dataset, getattr(data, "max_identities", 0))
+    dataset = hold_out_identities(dataset, getattr(data, "val_from_train", 0), getattr(data, "val_from_train_seed", 0))
+    if not data.skip_bad_images:
+        check_images_exist([str(r.img_path) for r in dataset.records], dataset.root / "imgs",
+                           f"{dataset.name} ({dataset.root})")
+    return dataset
 
 
 def __getattr__(name: str) -> Any:

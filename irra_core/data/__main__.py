@@ -1,5 +1,8 @@
-"""Command line: ``python -m irra_core.data check --dataset NAME --root DIR`` (exit 1 on errors) and
-``python -m irra_core.data synth --root DIR --format NAME [--identities N --images-per-id K --seed S]``."""
+"""Command line: ``python -m irra_core.data check --dataset NAME --root DIR [--json FILE]`` (exit 1 when the
+report has errors; the JSON report lists every missing file) and
+``python -m irra_core.data synth --root DIR --format NAME [--identities N --images-per-id K --seed S]``.
+Expected errors (an unknown dataset name, a folder the generator would overwrite) print one ``error: ...``
+paragraph and exit 2 (``--debug`` shows the traceback)."""
 from __future__ import annotations
 
 import argparse
@@ -7,7 +10,17 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``python -m irra_core.data``; returns the exit status."""
+    from irra_core.cli import run_cli
+
+    return run_cli(_main, argv)
+
+
+def _main(argv: list[str] | None = None) -> int:
+    from irra_core.cli import UserError
+
     parser = argparse.ArgumentParser(prog="python -m irra_core.data")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of expected errors too")
     sub = parser.add_subparsers(dest="command", required=True)
     check = sub.add_parser("check", help="integrity check of a dataset on disk")
     check.add_argument("--dataset", required=True, help="CUHK-PEDES | ICFG-PEDES | RSTPReid")
@@ -25,14 +38,9 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "check":
         from irra_core.data.integrity import check_dataset
-        from irra_core.data.errors import DatasetError
 
-        try:
-            report = check_dataset(args.dataset, args.root, context_length=args.context_length,
-                                   decode_images=not args.no_decode)
-        except DatasetError as exc:  # unknown dataset name
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
+        report = check_dataset(args.dataset, args.root, context_length=args.context_length,
+                               decode_images=not args.no_decode)  # DatasetError: an unknown dataset name
         print(report.summary())
         if args.json:
             from irra_core.io_utils import atomic_write_json
@@ -41,7 +49,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if report.ok else 1
     from irra_core.data.synthetic import make_synthetic_pedes
 
-    path = make_synthetic_pedes(args.root, args.format, args.identities, args.images_per_id, args.seed)
+    try:
+        path = make_synthetic_pedes(args.root, args.format, args.identities, args.images_per_id, args.seed)
+    except (FileExistsError, ValueError) as exc:  # a foreign folder, or sizes the generator cannot make
+        raise UserError(f"--root {args.root}: {exc}") from exc
     print(path)
     return 0
 

@@ -1,6 +1,8 @@
 """Dataset integrity check: a structured report of what would silently hurt training or evaluation.
 
-Errors (non-zero CLI exit): unreadable annotation file or entry, missing or undecodable images,
+Errors (non-zero CLI exit): unreadable annotation file or entry, missing images (one issue per folder, with
+counts and examples; the full list is ``report.missing_files`` and the JSON report's ``missing_files``),
+undecodable images,
 identities shared across splits, identical image files (content hash) under different identities,
 training pids that are not contiguous from 0. Warnings: identical captions under different
 identities, captions truncated at the context length, split sizes that differ from the published
@@ -14,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from irra_core.data.images import find_unreadable
+from irra_core.data.images import find_unreadable, group_by_folder, listed_per_folder
 from irra_core.data.errors import DatasetError
 from irra_core.data.parsers import SPECS, canonical_name, read_records
 from irra_core.data.tokenizer import token_length
@@ -45,6 +47,8 @@ class IntegrityReport:
     errors: list[Issue] = field(default_factory=list)
     warnings: list[Issue] = field(default_factory=list)
     stats: dict[str, Any] = field(default_factory=dict)
+    #: every missing image file, ``{"path", "split"}`` (the errors group them by folder)
+    missing_files: list[dict[str, str]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -66,7 +70,8 @@ class IntegrityReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "root": self.root, "ok": self.ok, "stats": self.stats,
-                "errors": [asdict(i) for i in self.errors], "warnings": [asdict(i) for i in self.warnings]}
+                "errors": [asdict(i) for i in self.errors], "warnings": [asdict(i) for i in self.warnings],
+                "missing_files": list(self.missing_files)}
 
     def summary(self, max_lines: int = 20) -> str:
         """Human-readable report."""
@@ -83,6 +88,8 @@ class IntegrityReport:
         more = len(self.errors) + len(self.warnings) - max_lines
         if more > 0:
             lines.append(f"  ... {more} more (see to_dataframe())")
+        if self.missing_files:
+            lines.append(f"  {len(self.missing_files)} missing image file(s) in all; `--json FILE` lists every one")
         return "\n".join(lines)
 
 
@@ -122,7 +129,7 @@ def check_dataset(name: str, root: str | Path, *, context_length: int = 77, deco
                                   "captions": sum(len(r.captions) for r in recs)}
                               for s, recs in sorted(by_split.items(), key=lambda kv: ("train", "val", "test").index(kv[0]))}
 
-    # images: missing / undecodable, listed one by one
+    # images: missing (grouped by folder: a missing folder is thousands of files) / undecodable
     paths = [str(r.img_path) for r in records]
     counts: dict[str, int] = defaultdict(int)
     for p in paths:
@@ -132,10 +139,17 @@ def check_dataset(name: str, root: str | Path, *, context_length: int = 77, deco
             report.add("warning", "repeated_path", f"{p} is listed {n} times", path=p)
     split_of = {str(r.img_path): r.split for r in records}
     missing = [p for p in counts if not Path(p).exists()]
-    for p in missing:
-        report.add("error", "missing_image", f"image file {p} does not exist", split=split_of[p], path=p)
+    report.missing_files = [{"path": p, "split": split_of[p]} for p in missing]
+    img_dir = dataset_dir / "imgs"
+    listed = listed_per_folder(list(counts), img_dir)
+    for g in group_by_folder(missing, img_dir, split_of=split_of):
+        absent = "" if g["folder_exists"] else "; the folder itself does not exist"
+        report.add("error", "missing_images", f"{g['folder']}/: {g['count']} of the {listed.get(g['folder'], '?')} "
+                   f"image files the annotations list there are missing{absent} (e.g. {', '.join(g['examples'])}); "
+                   f"copy that folder from the dataset's distribution", split=",".join(g["splits"]), path=g["folder"])
     if decode_images:
-        present = [p for p in counts if p not in set(missing)]
+        missing_set = set(missing)
+        present = [p for p in counts if p not in missing_set]
         for p, why in find_unreadable(present).items():
             report.add("error", "corrupt_image", f"image file {p} is {why}", split=split_of[p], path=p)
 

@@ -78,7 +78,7 @@ def _dataset_for(cfg: Any) -> PedesDataset:
 
     d = cfg.data
     key = (d.dataset, str(d.root), d.synthetic_format, d.synthetic_identities, d.synthetic_images_per_id,
-           d.synthetic_seed)
+           d.synthetic_seed, d.max_identities, d.val_from_train, d.val_from_train_seed)
     if key not in _PREPARED:
         _PREPARED[key] = prepare_dataset(cfg)
     return _PREPARED[key]
@@ -109,7 +109,8 @@ def build_eval_loaders(cfg: Any, split: str | dict = "test", *, batch_size: int 
         where = f"{ds.name} {split}"
         if not data["img_paths"]:
             raise DatasetError(f"{where} split is empty ({ds.annotation_file}); "
-                               f"ICFG-PEDES has no val split: use data.val_split=test / train.select_on=test")
+                               f"ICFG-PEDES has no val split: hold training identities out with "
+                               f"data.val_from_train=N, or evaluate the test split")
     else:
         data, where = split, "split"
     pids, paths = list(data["image_pids"]), list(data["img_paths"])

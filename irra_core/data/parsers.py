@@ -75,6 +75,10 @@ class PedesDataset:
     test: dict[str, list]
     num_classes: int
     records: list[Record] = field(default_factory=list, repr=False)
+    #: set by :func:`irra_core.data.subsets.first_identities` (``{"max_identities", "identities"}``)
+    subset: dict | None = None
+    #: set by :func:`irra_core.data.subsets.hold_out_identities` (``{"identities", "seed", "raw_ids", ...}``)
+    val_from_train: dict | None = None
 
     @property
     def train_id_container(self) -> list[int]:
@@ -82,7 +86,13 @@ class PedesDataset:
 
 
 def resolve_dataset_dir(name: str, root: str | Path) -> tuple[Path, Path]:
-    """Find ``(dataset_dir, annotation_file)``; ``root`` may be the dataset folder or its parent."""
+    """Find ``(dataset_dir, annotation_file)``; ``root`` may be the dataset folder or its parent.
+
+    Raises:
+        DatasetError: no accepted annotation file. The message names what *is* there: another release's
+            annotation file (CUHK-PEDES' ``caption_all.json`` or ``CUHK-PEDES.json``) with the fields it has
+            or lacks and the exact rename, any other JSON file, or a dataset folder spelt differently.
+    """
     spec = SPECS[canonical_name(name)]
     root = Path(root).expanduser()
     if not root.exists():
@@ -93,8 +103,74 @@ def resolve_dataset_dir(name: str, root: str | Path) -> tuple[Path, Path]:
             if (candidate / fname).is_file():
                 return candidate.resolve(), (candidate / fname).resolve()
     wanted = " or ".join(spec.annotation_files)
-    raise DatasetError(f"annotation file {wanted} not found in {root / spec.name} nor in {root}; "
-                       f"expected <root>/{spec.name}/{spec.annotation_files[0]} with images under imgs/")
+    message = (f"annotation file {wanted} not found in {root / spec.name} nor in {root}; "
+               f"expected <root>/{spec.name}/{spec.annotation_files[0]} with images under imgs/")
+    hints = _annotation_hints(spec, root)
+    raise DatasetError(message + ("\n\n" + "\n\n".join(hints) if hints else ""))
+
+
+#: annotation files of other releases, by dataset: what each one is (SPEC §1.3; littlexinyi/MGCC#3,
+#: ShuangLI59/Person-Search-with-Natural-Language-Description#5)
+OTHER_RELEASES: dict[str, dict[str, str]] = {
+    "CUHK-PEDES": {
+        "caption_all.json": "the original CUHK-PEDES release's annotation file (IRRA reads reid_raw.json: the "
+                            "same entries plus a 'split' field, 11,003 / 1,000 / 1,000 identities)",
+        "CUHK-PEDES.json": "reid_raw.json under the name some follow-up works use",
+    },
+}
+_NOT_ANNOTATIONS = {"manifest.json", "attributes.json"}  # the synthetic generator's own files
+
+
+def _annotation_hints(spec: DatasetSpec, root: Path) -> list[str]:
+    """What to do about the files that are there instead of the expected annotation file."""
+    hints: list[str] = []
+    norm = spec.name.lower().replace("-", "").replace("_", "")
+    if root.is_dir() and not (root / spec.name).exists():
+        for child in sorted(p for p in root.iterdir() if p.is_dir()):
+            if child.name.lower().replace("-", "").replace("_", "") == norm:
+                hints.append(f"found the folder {child}: rename it to {root / spec.name} "
+                             f"(or pass --root {child})")
+    canonical = spec.annotation_files[0]
+    for folder in (root / spec.name, root):
+        if not folder.is_dir():
+            continue
+        for path in sorted(folder.glob("*.json")):
+            if path.name in _NOT_ANNOTATIONS:
+                continue
+            about = OTHER_RELEASES.get(spec.name, {}).get(path.name)
+            fields, problem = _json_fields(path)
+            needed = ["split", "id", spec.path_field, "captions"]
+            lead = f"found {path}" + (f", {about}" if about else "")
+            if problem:
+                hints.append(f"{lead}; it is not a list of annotation entries ({problem})")
+                continue
+            lacking = [f for f in needed if f not in fields]
+            if not lacking:
+                hints.append(f"{lead}; it has every field {spec.name} needs ({', '.join(needed)}): rename it with "
+                             f"`mv {path} {path.parent / canonical}`")
+            elif lacking == ["split"]:
+                hints.append(f"{lead}; its entries lack the 'split' field (train/val/test), so the splits cannot "
+                             f"be told apart: put {canonical} (from the dataset's authors) at "
+                             f"{path.parent / canonical}, or add a 'split' field to every entry and save the file "
+                             f"as {canonical}")
+            else:
+                hints.append(f"{lead}; its entries lack the field(s) {lacking} (fields present: {sorted(fields)}); "
+                             f"{spec.name} needs {needed} in {canonical}")
+    return hints
+
+
+def _json_fields(path: Path) -> tuple[set[str], str]:
+    """Fields of the first entries of a JSON list file, or ``(set(), why it is not one)``."""
+    try:
+        entries = read_json(path, what="annotation file")
+    except (OSError, ValueError) as exc:
+        return set(), str(exc)
+    if not isinstance(entries, list) or not entries or not all(isinstance(e, dict) for e in entries[:50]):
+        return set(), f"a JSON {type(entries).__name__}" + (" with no entries" if entries == [] else "")
+    fields: set[str] = set(entries[0])
+    for entry in entries[1:50]:
+        fields &= set(entry)
+    return fields, ""
 
 
 def read_records(name: str, root: str | Path) -> tuple[Path, Path, list[Record]]:
@@ -144,15 +220,21 @@ def _parse_entry(i: int, entry: Any, spec: DatasetSpec, ann_file: Path, img_dir:
     return Record(i, split, raw_id, (img_dir / rel).resolve(), rel, list(caps))
 
 
-def build_from_records(name: str, dataset_dir: Path, ann_file: Path, records: list[Record]) -> PedesDataset:
-    """Apply IRRA's split and pid rules to parsed records."""
+def build_from_records(name: str, dataset_dir: Path, ann_file: Path, records: list[Record],
+                       train_pids: dict[int, int] | None = None) -> PedesDataset:
+    """Apply IRRA's split and pid rules to parsed records.
+
+    Args:
+        train_pids: raw training id -> pid (default IRRA's rule, ``int(id) + offset``, checked contiguous);
+            a subset or a held-out validation split passes its own renumbering.
+    """
     spec = SPECS[canonical_name(name)]
     train: list[tuple[int, int, str, str]] = []
     image_id = 0
     for rec in records:
         if rec.split != "train":
             continue
-        pid = rec.raw_id + spec.train_pid_offset
+        pid = train_pids[rec.raw_id] if train_pids is not None else rec.raw_id + spec.train_pid_offset
         for cap in rec.captions:
             train.append((pid, image_id, str(rec.img_path), cap))
         image_id += 1

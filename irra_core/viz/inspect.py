@@ -151,6 +151,17 @@ def find_queries_csv(run_dir: Path, tag: str, split: dict) -> Path | None:
     return None
 
 
+def _selected_last_without_best(run_dir: Path) -> bool:
+    """True for a run that had no validation split: ``metrics.json`` has no best and selected the last epoch."""
+    path = run_dir / "metrics.json"
+    if (run_dir / "checkpoints" / "best.pt").exists() or not path.exists():
+        return False
+    from irra_core.io_utils import read_json
+
+    metrics = read_json(path, "run metrics")
+    return not metrics.get("best") and (metrics.get("selection") or {}).get("policy") == "last"
+
+
 def load_run(run_dir: str | Path, checkpoint: str = "best", *, split: str = "test", device: str = "cpu",
              name: str | None = None, dataset=None) -> InspectRun:
     """Rebuild a trained model from a run folder for inspection.
@@ -170,6 +181,10 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", *, split: str = "tes
     from irra_core.model import build_model
 
     run_dir = Path(run_dir)
+    if checkpoint == "best" and _selected_last_without_best(run_dir):
+        print(f"{run_dir.name}: no best.pt (the run selected its last epoch, see metrics.json 'selection'); "
+              f"loading last.pt")
+        checkpoint = "last"
     cfg_path, ckpt_path = run_dir / "config.yaml", run_dir / "checkpoints" / f"{checkpoint}.pt"
     for path in (cfg_path, ckpt_path):
         if not path.exists():

@@ -32,6 +32,28 @@ def metrics_frame(results: Mapping[Any, Mapping[str, Mapping[str, float]]], task
     return frame[[m for m in METRICS if m in frame.columns]]
 
 
+def selection_frame(trained: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
+    """How each training run chose its reported checkpoint, from its ``metrics.json`` ``selection``.
+
+    Args:
+        trained: ``{model: training metrics.json}``.
+
+    Returns:
+        One row per model: ``selected`` (``best`` | ``last``), ``policy`` (in effect), ``requested``
+        (``train.select_on``), ``split`` (where it selected; empty for ``last``), ``epoch`` and ``note`` (e.g.
+        why a dataset without a validation split selected the last epoch).
+    """
+    rows = {}
+    for model, metrics in trained.items():
+        sel = metrics.get("selection") or {}
+        policy = sel.get("policy")
+        rows[model] = {"selected": "last" if policy == "last" or not metrics.get("best") else "best",
+                       "policy": policy, "requested": sel.get("requested", policy), "split": sel.get("split") or "",
+                       "epoch": sel.get("epoch"), "note": sel.get("note", "")}
+    return pd.DataFrame.from_dict(rows, orient="index",
+                                  columns=["selected", "policy", "requested", "split", "epoch", "note"])
+
+
 def plot_metric_bars(results: Mapping[str, Mapping[str, Mapping[str, float]]], *, tasks: Sequence[str] = ("t2i", "i2t"),
                      fig: Figure | None = None) -> Figure:
     """Grouped bars: one panel per task, metrics on the x axis, one bar per result (e.g. ``"php / best"``).
@@ -67,8 +89,9 @@ def _seed_of(folder: Path) -> int | None:
 def collect_results(runs_root: str | Path, models: Sequence[str] = MODEL_FOLDERS) -> pd.DataFrame:
     """One row per trained model of every workbook run under ``runs_root`` that has a ``metrics.json``.
 
-    Columns: ``run``, ``model``, ``preset``, ``dataset``, ``smoke``, ``seed``, ``path`` (the training folder)
-    and ``t2i_R1`` ... ``i2t_mINP`` (the selected checkpoint's test metrics). Runs still training (no
+    Columns: ``run``, ``model``, ``preset``, ``dataset``, ``smoke``, ``seed``, ``selection`` (e.g. ``last @ 60``:
+    the policy in effect and the selected epoch), ``path`` (the training folder) and ``t2i_R1`` ...
+    ``i2t_mINP`` (the selected checkpoint's test metrics). Runs still training (no
     ``metrics.json``) are left out.
     """
     rows = []
@@ -80,12 +103,14 @@ def collect_results(runs_root: str | Path, models: Sequence[str] = MODEL_FOLDERS
             if not (folder / "metrics.json").exists():
                 continue
             metrics = read_json(folder / "metrics.json", "metrics")
+            sel = metrics.get("selection") or {}
             row = {"run": run.name, "model": model, "preset": params.get("PRESET"), "dataset": params.get("DATASET"),
-                   "smoke": params.get("SMOKE"), "seed": _seed_of(folder), "path": str(folder)}
+                   "smoke": params.get("SMOKE"), "seed": _seed_of(folder),
+                   "selection": f"{sel.get('policy')} @ {sel.get('epoch')}" if sel else None, "path": str(folder)}
             row.update({f"{task}_{k}": metrics[task][k] for task in ("t2i", "i2t") for k in METRICS
                         if k in metrics.get(task, {})})
             rows.append(row)
-    columns = ["run", "model", "preset", "dataset", "smoke", "seed", "path"] + [f"{t}_{k}" for t in ("t2i", "i2t")
+    columns = ["run", "model", "preset", "dataset", "smoke", "seed", "selection", "path"] + [f"{t}_{k}" for t in ("t2i", "i2t")
                                                                                  for k in METRICS]
     return pd.DataFrame(rows, columns=columns)
 
