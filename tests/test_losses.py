@@ -1,4 +1,4 @@
-"""Losses: parity with IRRA's objectives (reference/loss_cases.pt) and hand-computed tiny cases."""
+"""Losses: parity with IRRA's objectives (tests/fixtures/loss_cases.pt) and hand-computed tiny cases."""
 from __future__ import annotations
 
 import math
@@ -12,10 +12,11 @@ RTOL = ATOL = 1e-5  # the fixture README's tolerance (float32 vs float64 differ 
 
 
 @pytest.fixture(scope="module")
-def loss_cases(reference_dir):
-    return torch.load(reference_dir / "loss_cases.pt", weights_only=True)["cases"]
+def loss_cases(fixtures_dir):
+    return torch.load(fixtures_dir / "loss_cases.pt", weights_only=True)["cases"]
 
 
+@pytest.mark.parity
 @pytest.mark.parametrize("which", ["sdm", "itc", "cmpm", "id"])
 def test_parity_with_irra_fixture(loss_cases, which):
     assert loss_cases, "loss_cases.pt holds no cases"
