@@ -63,6 +63,16 @@ def test_sdm_same_identity_targets_are_uniform():
     assert abs(value.item()) < 1e-6
 
 
+def test_sdm_targets_spread_each_row_over_the_same_identity():
+    # pids 7, 3, 7, 7, 3: row 0 has three positives (0, 2, 3), row 1 two (1, 4)
+    q = losses.sdm_targets(torch.tensor([7, 3, 7, 7, 3]))
+    third, half = 1 / 3, 1 / 2
+    expected = torch.tensor([[third, 0, third, third, 0], [0, half, 0, 0, half], [third, 0, third, third, 0],
+                             [third, 0, third, third, 0], [0, half, 0, 0, half]])
+    torch.testing.assert_close(q, expected)
+    assert q.dtype == torch.float32 and losses.sdm_targets(torch.tensor([1, 2]), torch.float64).dtype == torch.float64
+
+
 def test_itc_hand_computed():
     image = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     text = torch.tensor([[1.0, 0.0], [1.0, 0.0]])  # text 1 points at image 0
