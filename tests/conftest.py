@@ -56,7 +56,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         return
     counts = {k: sum(v == k for v in outcomes.values()) for k in ("ran", "skipped_reference", "skipped_other")}
     line = (f"parity tests: {counts['ran']} ran, {counts['skipped_reference']} skipped for want of the reference "
-            f"checkpoints ({REFERENCE_DIR}{' found' if REFERENCE_DIR.is_dir() else ' not found'})")
+            f"checkpoints (the tiny IRRA/PHP runs and the 1000 x 1000 ranking case in {REFERENCE_DIR}: "
+            f"{'found' if REFERENCE_DIR.is_dir() else 'not found'})")
     if counts["skipped_other"]:
         line += f", {counts['skipped_other']} skipped for other reasons"
     terminalreporter.write_line(line)
