@@ -2,11 +2,8 @@
 
 Sub-modules (imported lazily, so ``import irra_core`` stays cheap):
 config, data, model, losses, optim, scheduler, engine, evaluation, viz, pipeline.
+Importing it changes no process state: the C-allocator tuning that CPU training and evaluation need is applied
+by :func:`irra_core.engine.fit` and :func:`irra_core.evaluation.encode_split` (:mod:`irra_core.runtime`).
 """
-from irra_core.runtime import tune_allocator as _tune_allocator
 
 __version__ = "0.1.0"
-
-# Keep activation memory mapped between steps: page faults made CPU training ~8x slower here
-# (irra_core/runtime.py explains; IRRA_MALLOC_TUNING=0 opts out).
-_tune_allocator()

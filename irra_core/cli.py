@@ -15,20 +15,12 @@ import warnings
 from typing import Callable, Sequence
 
 
-class UserError(Exception):
-    """An expected failure caused by the user's input or environment; the message says what to do."""
+from irra_core.errors import UserError
 
+__all__ = ["UserError", "EXPECTED_ERRORS", "format_error", "run_cli"]
 
-def expected_errors() -> tuple[type[BaseException], ...]:
-    """The exception types that :func:`run_cli` prints as one paragraph (imported lazily: no torch at import)."""
-    from irra_core.config import ConfigError
-    from irra_core.data.errors import DatasetError, ImageReadError
-    from irra_core.model.pretrained import PretrainedError
-    from irra_core.runs import RunExistsError
-    from irra_core.workbook import PipelineError
-
-    return (UserError, ConfigError, DatasetError, ImageReadError, PretrainedError, RunExistsError,
-            PipelineError, FileNotFoundError)
+#: what :func:`run_cli` prints as one paragraph: every layer's error types subclass :class:`UserError`
+EXPECTED_ERRORS: tuple[type[BaseException], ...] = (UserError, FileNotFoundError)
 
 
 def format_error(exc: BaseException, width: int = 100) -> str:
@@ -62,7 +54,7 @@ def run_cli(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | N
         warnings.formatwarning = _format_warning
     try:
         return main(args)
-    except expected_errors() as exc:
+    except EXPECTED_ERRORS as exc:
         if debug:
             raise
         print(format_error(exc), file=sys.stderr)

@@ -23,10 +23,12 @@ from typing import Any, Mapping
 
 import yaml
 
+from irra_core.errors import UserError
+
 PRESET_DIR = Path(__file__).resolve().parent / "configs"
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A configuration key or value is wrong; the message names the key and the fix."""
 
 

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
-    "compute_sdm", "compute_itc", "compute_id", "compute_cmpm", "compute_mlm", "moe_aux_loss",
+    "compute_sdm", "sdm_targets", "compute_itc", "compute_id", "compute_cmpm", "compute_mlm", "moe_aux_loss",
     "LOSSES", "register_loss", "total_loss", "batch_metrics", "Gather", "MLM_IGNORE_INDEX",
 ]
 
@@ -40,6 +40,20 @@ def _same_identity(pids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """y (B, B) with y_ij = 1 when sample i and sample j share a person id."""
     pids = pids.reshape(-1)
     return (pids[:, None] == pids[None, :]).to(dtype)
+
+
+def sdm_targets(pids: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """SDM's target distribution q (B, B): q_ij = y_ij / sum_k y_ik with y_ij = [pid_i == pid_j].
+
+    Row i spreads its mass evenly over the items of the batch that show the same person as item i
+    (IRRA paper §3.3; SPEC §1.10). Rows sum to 1; y is symmetric, so column sums are 1 too.
+
+    Args:
+        pids: (B,) person ids of the batch (any integer ids; repeats mark the positives).
+        dtype: floating dtype of the result.
+    """
+    y = _same_identity(pids, dtype)
+    return y / y.sum(dim=1, keepdim=True)
 
 
 def _kl_to_targets(logits: torch.Tensor, targets: torch.Tensor, epsilon: float) -> torch.Tensor:
@@ -67,8 +81,7 @@ def compute_sdm(image_feats: torch.Tensor, text_feats: torch.Tensor, pids: torch
     """
     image_norm = F.normalize(image_feats, dim=-1)
     text_norm = F.normalize(text_feats, dim=-1)
-    y = _same_identity(pids, image_norm.dtype)
-    targets = y / y.sum(dim=1, keepdim=True)
+    targets = sdm_targets(pids, image_norm.dtype)
     image_to_text = logit_scale * image_norm @ text_norm.t()
     return (_kl_to_targets(image_to_text, targets, epsilon)
             + _kl_to_targets(image_to_text.t(), targets.t(), epsilon))

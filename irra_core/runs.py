@@ -27,6 +27,7 @@ from typing import Any
 import yaml
 
 from irra_core.config import Config, config_from_dict, save_config
+from irra_core.errors import UserError
 from irra_core.io_utils import append_jsonl, atomic_write_json, atomic_write_text, read_json, read_jsonl
 from irra_core.paths import project_root, runs_dir
 
@@ -37,7 +38,7 @@ RESUME_FREE_KEYS = frozenset({"train.device", "train.progress", "train.log_perio
                               "data.root", "data.test_batch_size"})
 
 
-class RunExistsError(RuntimeError):
+class RunExistsError(UserError, RuntimeError):
     """The run folder already holds a run that this start may not continue."""
 
 

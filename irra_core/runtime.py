@@ -1,4 +1,13 @@
-"""Process-level runtime tuning: keep freed memory in the C heap instead of returning it to the kernel.
+"""Process-level runtime settings, each applied explicitly, never at import.
+
+* :func:`tune_allocator` keeps freed memory in the C heap instead of returning it to the kernel. It is
+  process-wide and cannot be undone, so ``import irra_core`` does not call it: the code that runs the heavy
+  CPU work does, once per process - :func:`irra_core.engine.fit` and
+  :func:`irra_core.evaluation.encode_split` (so every command and notebook that trains or evaluates), the
+  benchmarks (``benchmarks/common.py``) and the test suite (``tests/conftest.py``).
+* :func:`torch_threads` sets torch's intra-op thread count for a block and restores it afterwards.
+
+Why the allocator matters:
 
 PyTorch's CPU allocator hands every tensor to glibc ``malloc``. By default glibc serves blocks above a
 (dynamic) threshold with ``mmap`` and trims the heap eagerly, so each training step maps and unmaps the
@@ -8,14 +17,18 @@ machines this project runs on, page faults are very expensive: a ``php-cpu`` tra
 ``benchmarks/README.md``). Raising the mmap threshold to its maximum (32 MiB) and the trim threshold
 keeps the pages mapped and reused.
 
+Measured again on this project's 2-core machine (``benchmarks/bench_train.py --config php-cpu --model php
+--steps 3``, loaded machine): 1.42 s per step tuned, 7.65 s with ``IRRA_MALLOC_TUNING=0``.
 Set ``IRRA_MALLOC_TUNING=0`` to leave glibc's defaults alone.
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import os
 import sys
+from typing import Iterator
 
 _M_TRIM_THRESHOLD = -1
 _M_TOP_PAD = -2
@@ -27,7 +40,12 @@ def tune_allocator(mmap_threshold: int = 32 * 1024 * 1024, trim_threshold: int =
                    top_pad: int = 256 * 1024 * 1024) -> bool:
     """Apply the glibc ``mallopt`` settings once per process; returns whether they are in force.
 
-    A no-op (False) off Linux/glibc or when ``IRRA_MALLOC_TUNING=0``.
+    Args:
+        mmap_threshold: bytes above which ``malloc`` maps fresh pages (glibc's maximum, 32 MiB).
+        trim_threshold: bytes of free heap top kept before giving memory back to the kernel.
+        top_pad: bytes of extra heap requested with each growth.
+
+    A no-op (False) off Linux/glibc or when ``IRRA_MALLOC_TUNING=0``. Safe to call repeatedly.
     """
     global _applied
     if _applied:
@@ -44,3 +62,32 @@ def tune_allocator(mmap_threshold: int = 32 * 1024 * 1024, trim_threshold: int =
         (_M_MMAP_THRESHOLD, mmap_threshold), (_M_TRIM_THRESHOLD, trim_threshold), (_M_TOP_PAD, top_pad)))
     _applied = ok
     return ok
+
+
+@contextlib.contextmanager
+def torch_threads(count: int, device: "torch.device | str" = "cpu") -> Iterator[None]:
+    """Run the block with ``torch.set_num_threads(count)``, then restore the previous count (also on error).
+
+    A no-op on a non-CPU ``device`` or when the count is already ``count``. torch's thread count is
+    process-wide: other Python threads running torch operations during the block use ``count`` too.
+
+    Args:
+        count: intra-op threads for the block (>= 1).
+        device: where the block's work runs; only ``cpu`` work is affected by the setting.
+
+    Raises:
+        ValueError: ``count`` < 1.
+    """
+    import torch
+
+    if count < 1:
+        raise ValueError(f"thread count must be >= 1, got {count}")
+    before = torch.get_num_threads()
+    if torch.device(device).type != "cpu" or before == count:
+        yield
+        return
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -14,12 +14,13 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from irra_core import paths
+from irra_core.errors import UserError
 
 __all__ = ["PipelineError", "default_run_name", "resolve_run_dir", "workbook_config", "selected_checkpoint",
            "run_checkpoints", "headline_metrics", "REPORTED_PACKAGES", "environment_checks", "raise_for_failed_checks"]
 
 
-class PipelineError(RuntimeError):
+class PipelineError(UserError, RuntimeError):
     """The run cannot start or a notebook failed; the message names the notebook, cell or flag."""
 
 

@@ -1,4 +1,10 @@
-"""Shared test set-up: headless plotting, no hub downloads, small thread count, reference fixtures."""
+"""Shared test set-up: headless plotting, no hub downloads, small thread count, reference fixtures.
+
+Parity tests (marker ``parity``) compare with outputs of the reference code. The small cases are committed under
+``tests/fixtures/`` (``fixtures_dir``); only the tiny model checkpoints come from ``../shared/reference/``
+(``reference_dir``, or ``$IRRA_REFERENCE_DIR``), and the tests needing them skip where that folder is absent.
+The terminal summary ends with one line counting the parity tests that ran and those skipped for want of it.
+"""
 from __future__ import annotations
 
 import os
@@ -9,8 +15,16 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest  # noqa: E402
 
+from irra_core.runtime import tune_allocator  # noqa: E402
+
+# The suite trains and evaluates on the CPU in-process, as fit() and encode_split() do: tune the C allocator
+# once for the whole session (runtime.py; several times faster CPU steps here).
+tune_allocator()
+
 ROOT = Path(__file__).resolve().parent.parent
+FIXTURES_DIR = Path(__file__).resolve().parent / "fixtures"
 REFERENCE_DIR = Path(os.environ.get("IRRA_REFERENCE_DIR", ROOT.parent / "shared" / "reference"))
+REFERENCE_SKIP_REASON = f"reference checkpoints not found at {REFERENCE_DIR}"
 
 
 def pytest_collection_modifyitems(config, items):
@@ -26,11 +40,40 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_gpu)
 
 
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """One line: how many ``parity`` tests ran, how many skipped because the reference checkpoints are absent."""
+    outcomes: dict[str, str] = {}
+    for key in ("passed", "failed", "error", "skipped", "xfailed", "xpassed"):
+        for report in terminalreporter.stats.get(key, []):
+            if "parity" not in getattr(report, "keywords", {}):
+                continue
+            reason = report.longrepr[2] if key == "skipped" and isinstance(report.longrepr, tuple) else ""
+            outcome = ("skipped_reference" if REFERENCE_SKIP_REASON in reason else "skipped_other") \
+                if key == "skipped" else "ran"
+            if outcomes.get(report.nodeid) != "ran":  # a test that ran and then failed in teardown counts once
+                outcomes[report.nodeid] = outcome
+    if not outcomes:
+        return
+    counts = {k: sum(v == k for v in outcomes.values()) for k in ("ran", "skipped_reference", "skipped_other")}
+    line = (f"parity tests: {counts['ran']} ran, {counts['skipped_reference']} skipped for want of the reference "
+            f"checkpoints (the tiny IRRA/PHP runs and the 1000 x 1000 ranking case in {REFERENCE_DIR}: "
+            f"{'found' if REFERENCE_DIR.is_dir() else 'not found'})")
+    if counts["skipped_other"]:
+        line += f", {counts['skipped_other']} skipped for other reasons"
+    terminalreporter.write_line(line)
+
+
+@pytest.fixture(scope="session")
+def fixtures_dir() -> Path:
+    """``tests/fixtures``: the small reference cases committed with the repository (see its README)."""
+    return FIXTURES_DIR
+
+
 @pytest.fixture(scope="session")
 def reference_dir() -> Path:
-    """``../shared/reference``; tests that need it skip cleanly where it is absent."""
+    """``../shared/reference`` (the tiny IRRA/PHP checkpoints); tests that need it skip cleanly where it is absent."""
     if not REFERENCE_DIR.is_dir():
-        pytest.skip(f"reference fixtures not found at {REFERENCE_DIR}")
+        pytest.skip(REFERENCE_SKIP_REASON)
     return REFERENCE_DIR
 
 

@@ -10,10 +10,11 @@ from irra_core.data.tokenizer import EOT_ID, MASK_ID, SOT_ID, get_tokenizer, tok
 
 
 @pytest.fixture(scope="module")
-def cases(reference_dir):
-    return json.loads((reference_dir / "tokenizer_cases.json").read_text(encoding="utf-8"))
+def cases(fixtures_dir):
+    return json.loads((fixtures_dir / "tokenizer_cases.json").read_text(encoding="utf-8"))
 
 
+@pytest.mark.parity
 def test_tokenize_matches_reference_fixture_exactly(cases):
     texts = [c["text"] for c in cases["cases"]]
     ids = tokenize(texts, cases["context_length"])
@@ -22,11 +23,13 @@ def test_tokenize_matches_reference_fixture_exactly(cases):
     assert not mismatched, mismatched
 
 
+@pytest.mark.parity
 def test_untruncated_lengths_match_reference(cases):
     for c in cases["cases"]:
         assert token_length(c["text"]) == c["untruncated_length"], c["kind"]
 
 
+@pytest.mark.parity
 def test_special_ids_and_vocab_size(cases):
     tok = get_tokenizer()
     assert (MASK_ID, SOT_ID, EOT_ID) == (cases["mask_id"], cases["sot_id"], cases["eot_id"])

@@ -9,8 +9,9 @@ from PIL import Image
 from irra_core.data.transforms import CLIP_MEAN, build_transforms
 
 
-def test_test_transform_matches_reference_within_1e6(reference_dir):
-    data = torch.load(reference_dir / "transforms_cases.pt", weights_only=True)
+@pytest.mark.parity
+def test_test_transform_matches_reference_within_1e6(fixtures_dir):
+    data = torch.load(fixtures_dir / "transforms_cases.pt", weights_only=True)
     tf = build_transforms(data["img_size"], is_train=False)
     for arr, expected in zip(data["images_uint8_hwc"], data["outputs"]):
         out = tf(Image.fromarray(arr.numpy()))

@@ -20,8 +20,8 @@ def _one_thread():
     torch.set_num_threads(before)
 
 
-def _load_cases(reference_dir):
-    return torch.load(reference_dir / "rank_cases.pt", weights_only=False)["cases"]
+def _load_cases(folder, name="rank_cases_subset.pt"):
+    return torch.load(folder / name, weights_only=True)["cases"]
 
 
 def _assert_matches_fixture(result: dict, expected: dict, num_queries: int) -> None:
@@ -36,30 +36,46 @@ def _assert_matches_fixture(result: dict, expected: dict, num_queries: int) -> N
     assert result["R1"] == pytest.approx(float(exp_cmc[0]), abs=1e-3)
 
 
+def _check_case(case: dict, direction: str, use_features: bool) -> None:
+    sim, q_pids, g_pids = case["similarity"], case["q_pids"], case["g_pids"]
+    expected = case.get(f"{direction}_stable_index_order", case[direction])  # `ties`: stable rule
+    if use_features and "q_feats" not in case:
+        return
+    if direction == "i2t":
+        sim, q_pids, g_pids = sim.t(), g_pids, q_pids
+    if use_features:
+        qf, gf = case["q_feats"], case["g_feats"]
+        if direction == "i2t":
+            qf, gf = gf, qf
+        result = rank_metrics(q_pids=q_pids, g_pids=g_pids, q_feats=qf, g_feats=gf, chunk_size=37)
+    else:
+        result = rank_metrics(sim, q_pids, g_pids, chunk_size=53)
+    _assert_matches_fixture(result, expected, len(q_pids))
+    if direction == "t2i" and not use_features:
+        assert rank_metrics_full_sort(sim, q_pids, g_pids)["mAP"] == pytest.approx(expected["mAP"], abs=1e-3)
+
+
+@pytest.mark.parity
 @pytest.mark.parametrize("direction", ["t2i", "i2t"])
 @pytest.mark.parametrize("use_features", [False, True])
-def test_fixture_parity(reference_dir, direction, use_features):
-    for case in _load_cases(reference_dir):
-        sim, q_pids, g_pids = case["similarity"], case["q_pids"], case["g_pids"]
-        expected = case.get(f"{direction}_stable_index_order", case[direction])  # `ties`: stable rule
-        if use_features and "q_feats" not in case:
-            continue
-        if direction == "i2t":
-            sim, q_pids, g_pids = sim.t(), g_pids, q_pids
-        if use_features:
-            qf, gf = case["q_feats"], case["g_feats"]
-            if direction == "i2t":
-                qf, gf = gf, qf
-            result = rank_metrics(q_pids=q_pids, g_pids=g_pids, q_feats=qf, g_feats=gf, chunk_size=37)
-        else:
-            result = rank_metrics(sim, q_pids, g_pids, chunk_size=53)
-        _assert_matches_fixture(result, expected, len(q_pids))
-        if direction == "t2i" and not use_features:
-            assert rank_metrics_full_sort(sim, q_pids, g_pids)["mAP"] == pytest.approx(expected["mAP"], abs=1e-3)
+def test_fixture_parity(fixtures_dir, direction, use_features):
+    cases = _load_cases(fixtures_dir)
+    assert len(cases) == 4
+    for case in cases:
+        _check_case(case, direction, use_features)
 
 
-def test_fixture_ties_reference_differs_only_by_tie_order(reference_dir):
-    (case,) = [c for c in _load_cases(reference_dir) if c["name"] == "ties"]
+@pytest.mark.parity
+@pytest.mark.parametrize("direction", ["t2i", "i2t"])
+def test_large_reference_case_parity(reference_dir, direction):
+    # the 1000 x 1000 case (4 MB) left out of tests/fixtures/rank_cases_subset.pt (see make_rank_subset.py)
+    (case,) = [c for c in _load_cases(reference_dir, "rank_cases.pt") if c["name"] == "icfg_like_1000x1000"]
+    _check_case(case, direction, use_features=False)
+
+
+@pytest.mark.parity
+def test_fixture_ties_reference_differs_only_by_tie_order(fixtures_dir):
+    (case,) = [c for c in _load_cases(fixtures_dir) if c["name"] == "ties"]
     result = rank_metrics(case["similarity"], case["q_pids"], case["g_pids"])
     # IRRA's unstable argsort gives another order among ties: close, not equal
     assert result["R1"] != pytest.approx(float(case["t2i"]["cmc"][0]), abs=1e-3)

@@ -1,4 +1,4 @@
-"""Losses: parity with IRRA's objectives (reference/loss_cases.pt) and hand-computed tiny cases."""
+"""Losses: parity with IRRA's objectives (tests/fixtures/loss_cases.pt) and hand-computed tiny cases."""
 from __future__ import annotations
 
 import math
@@ -12,10 +12,11 @@ RTOL = ATOL = 1e-5  # the fixture README's tolerance (float32 vs float64 differ 
 
 
 @pytest.fixture(scope="module")
-def loss_cases(reference_dir):
-    return torch.load(reference_dir / "loss_cases.pt", weights_only=True)["cases"]
+def loss_cases(fixtures_dir):
+    return torch.load(fixtures_dir / "loss_cases.pt", weights_only=True)["cases"]
 
 
+@pytest.mark.parity
 @pytest.mark.parametrize("which", ["sdm", "itc", "cmpm", "id"])
 def test_parity_with_irra_fixture(loss_cases, which):
     assert loss_cases, "loss_cases.pt holds no cases"
@@ -60,6 +61,16 @@ def test_sdm_same_identity_targets_are_uniform():
     feats = torch.ones(4, 3)
     value = losses.compute_sdm(feats, feats, torch.tensor([5, 5, 5, 5]), 50.0)
     assert abs(value.item()) < 1e-6
+
+
+def test_sdm_targets_spread_each_row_over_the_same_identity():
+    # pids 7, 3, 7, 7, 3: row 0 has three positives (0, 2, 3), row 1 two (1, 4)
+    q = losses.sdm_targets(torch.tensor([7, 3, 7, 7, 3]))
+    third, half = 1 / 3, 1 / 2
+    expected = torch.tensor([[third, 0, third, third, 0], [0, half, 0, 0, half], [third, 0, third, third, 0],
+                             [third, 0, third, third, 0], [0, half, 0, 0, half]])
+    torch.testing.assert_close(q, expected)
+    assert q.dtype == torch.float32 and losses.sdm_targets(torch.tensor([1, 2]), torch.float64).dtype == torch.float64
 
 
 def test_itc_hand_computed():

@@ -1,6 +1,6 @@
 """Fixture parity: IRRA and PHP checkpoints imported with load_reference_run reproduce the reference outputs.
 
-Tolerances from ../shared/reference/README.md: features and losses atol = rtol = 1e-4, top-k experts exact.
+Tolerances from ../shared/reference/README.md (the checkpoints stay there; see tests/fixtures/README.md): features and losses atol = rtol = 1e-4, top-k experts exact.
 """
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ from irra_core.model import load_reference_run
 from irra_core.model.capture import capture_routing
 from irra_core.model.reference import read_reference_options, read_state_dict
 from test_model_presets import single_thread  # noqa: F401  (module-scoped, autouse)
+
+pytestmark = pytest.mark.parity
 
 BATCH_KEYS = ("images", "caption_ids", "pids", "mlm_ids", "mlm_labels")
 

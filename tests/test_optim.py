@@ -1,4 +1,4 @@
-"""Optimiser groups: parity with IRRA's and PHP's solver rules (reference/optimizer_groups.json)."""
+"""Optimiser groups: parity with IRRA's and PHP's solver rules (tests/fixtures/optimizer_groups.json)."""
 from __future__ import annotations
 
 import json
@@ -15,8 +15,8 @@ CASES = {"irra": "irra", "php_head": "irra", "php_prerelease": "php_prerelease",
 
 
 @pytest.fixture(scope="module")
-def groups_fixture(reference_dir):
-    return json.loads((reference_dir / "optimizer_groups.json").read_text())
+def groups_fixture(fixtures_dir):
+    return json.loads((fixtures_dir / "optimizer_groups.json").read_text())
 
 
 def _optim_from(case: dict, lr_groups: str) -> OptimConfig:
@@ -28,6 +28,7 @@ def _optim_from(case: dict, lr_groups: str) -> OptimConfig:
                        moe_lr_factor=s.get("moe_lr_factor", 1.0), adam_eps=case["eps"])
 
 
+@pytest.mark.parity
 @pytest.mark.parametrize("case_name", sorted(CASES))
 def test_rules_match_reference(groups_fixture, case_name):
     case = groups_fixture[case_name]
@@ -39,6 +40,7 @@ def test_rules_match_reference(groups_fixture, case_name):
         assert wd == pytest.approx(expected["weight_decay"], abs=0, rel=1e-12), name
 
 
+@pytest.mark.parity
 def test_prerelease_rules_differ_from_release(groups_fixture):
     # the pre-release switch must matter for the EFP experts (x moe_lr_factor), not for the backbone
     optim = _optim_from(groups_fixture["php_prerelease_other_factors"], "php_prerelease")
@@ -65,6 +67,7 @@ class _Named(nn.Module):
             yield key.replace("__", "."), param
 
 
+@pytest.mark.parity
 @pytest.mark.parametrize("case_name", ["irra", "php_prerelease_other_factors"])
 def test_optimizer_groups_and_hyperparameters(groups_fixture, case_name):
     case = groups_fixture[case_name]

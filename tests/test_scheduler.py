@@ -1,4 +1,4 @@
-"""LR schedule: parity with IRRA's warm-up scheduler (reference/scheduler_cases.json) and the per-iteration mode."""
+"""LR schedule: parity with IRRA's warm-up scheduler (tests/fixtures/scheduler_cases.json) and the per-iteration mode."""
 from __future__ import annotations
 
 import json
@@ -13,8 +13,8 @@ from irra_core.scheduler import WarmupDecayLR, build_scheduler, lr_at
 
 
 @pytest.fixture(scope="module")
-def scheduler_cases(reference_dir):
-    return json.loads((reference_dir / "scheduler_cases.json").read_text())["cases"]
+def scheduler_cases(fixtures_dir):
+    return json.loads((fixtures_dir / "scheduler_cases.json").read_text())["cases"]
 
 
 def _scheduler_for(case: dict, optimizer, steps_per_epoch: int = 1) -> WarmupDecayLR:
@@ -24,6 +24,7 @@ def _scheduler_for(case: dict, optimizer, steps_per_epoch: int = 1) -> WarmupDec
                          power=case["power"], target_lr=case["target_lr"], steps_per_epoch=steps_per_epoch)
 
 
+@pytest.mark.parity
 def test_every_case_stepped_like_irra(scheduler_cases):
     assert len(scheduler_cases) == 7
     for case in scheduler_cases:
@@ -39,6 +40,7 @@ def test_every_case_stepped_like_irra(scheduler_cases):
         assert opt.param_groups[0]["lr"] == pytest.approx(case["lr_after_last_step"], rel=1e-12, abs=1e-30)
 
 
+@pytest.mark.parity
 def test_per_iteration_mode_agrees_at_epoch_boundaries(scheduler_cases):
     steps = 4
     for case in scheduler_cases:

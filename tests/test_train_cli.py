@@ -123,6 +123,7 @@ def test_train_then_test_from_the_run_config(tmp_path, capsys):
     assert test_cli.main(["--config_file", str(tmp_path / "missing.yaml")]) == 2
 
 
+@pytest.mark.parity
 def test_test_cli_evaluates_an_irra_reference_run(tmp_path, reference_dir, capsys):
     # IRRA's tiny reference run (configs.yaml + best.pth) on a synthetic set in CUHK-PEDES layout
     from irra_core import test as test_cli

@@ -9,6 +9,8 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
+from irra_core.runtime import tune_allocator
+
 
 @dataclass
 class EncodedSplit:
@@ -106,7 +108,9 @@ def encode_split(
 
     The model runs in eval mode without gradients (bf16 autocast on CUDA) and gets its training mode
     back afterwards; ``progress`` shows tqdm bars. Returns an :class:`EncodedSplit` of (Q, D) / (G, D) float32 CPU embeddings.
+    Tunes the process's C allocator once (:func:`irra_core.runtime.tune_allocator`; ``IRRA_MALLOC_TUNING=0`` opts out).
     """
+    tune_allocator()
     device = resolve_device(device, cfg, model)
     if loaders is None:
         from irra_core.data import build_eval_loaders

@@ -23,11 +23,12 @@ so neither the full Q x G matrix nor any Q x G argsort needs to exist.
 """
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from typing import Optional
 
 import torch
+
+from irra_core.runtime import torch_threads
 
 METRIC_KEYS = ("R1", "R5", "R10", "mAP", "mINP")
 
@@ -173,23 +174,10 @@ def _rank_chunk(scores: torch.Tensor, pos_idx: torch.Tensor) -> torch.Tensor:
     return torch.sort(ranks, dim=1).values
 
 
-@contextlib.contextmanager
-def _one_cpu_thread(device: torch.device):
-    """Run the ranking ops of a chunk on one CPU thread (GPU: no change).
-
-    They are short, memory-bound kernels (compare, nonzero, gathers, binary search); on the shared
-    2-core machine (benchmarks/bench_eval.py) intra-op threading made them 2-9x slower in wall time
-    and never faster. The similarity matmul outside keeps all threads.
-    """
-    if device.type != "cpu" or torch.get_num_threads() == 1:
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+#: intra-op threads for the ranking ops of a chunk on the CPU. They are short, memory-bound kernels (compare,
+#: nonzero, gathers, binary search); on the shared 2-core machine (benchmarks/bench_eval.py) intra-op threading
+#: made them 2-9x slower in wall time and never faster. The similarity matmul outside keeps all threads.
+RANKING_CPU_THREADS = 1
 
 
 def rank_per_query(
@@ -207,7 +195,9 @@ def rank_per_query(
     Either ``similarity`` (Q, G) or ``q_feats`` (Q, D) and ``g_feats`` (G, D) (scores are
     ``q_feats @ g_feats.T``, computed one chunk of queries at a time; normalise the features first for
     cosine similarity). ``q_pids`` (Q,), ``g_pids`` (G,) integer ids. Work runs on the device of the
-    scores; results are returned on the CPU.
+    scores; results are returned on the CPU. On the CPU the ranking of each chunk runs with
+    ``RANKING_CPU_THREADS`` torch threads (:func:`irra_core.runtime.torch_threads`: torch's thread count is
+    restored after each chunk).
     """
     if q_pids is None or g_pids is None:
         raise TypeError("rank_per_query needs q_pids and g_pids")
@@ -253,7 +243,7 @@ def rank_per_query(
         if not bool(torch.isfinite(scores.sum())) and not bool(torch.isfinite(scores).all()):
             raise ValueError(f"similarity rows {start}..{stop - 1} contain NaN or inf")
         pos = positives[start:stop].to(device)
-        with _one_cpu_thread(device):
+        with torch_threads(RANKING_CPU_THREADS, device):
             ranks = _rank_chunk(scores, pos).cpu()  # (C, n) ascending, padded with G
         valid = ranks < num_g
         count = valid.sum(dim=1)

@@ -11,9 +11,9 @@ from __future__ import annotations
 from torch import nn
 
 from irra_core.config import Config
-from irra_core.model.clip import CLIPConfig
-from irra_core.model.clip_state import clip_config_from_state_dict, interpolate_positional_embedding
 from irra_core.model.architectures import create_model
+from irra_core.model.clip import CLIPConfig
+from irra_core.model.clip_state import clip_config_from_state_dict
 from irra_core.model.precision import apply_precision
 
 __all__ = ["build_model", "clip_config_from_cfg"]
@@ -42,7 +42,7 @@ def build_model(cfg: Config, num_classes: int) -> nn.Module:
         layout (``legacy_fp16``: IRRA's fp16 conversion; autocast modes keep float32 weights).
     """
     if cfg.model.pretrained:
-        from irra_core.model.pretrained import load_clip_state_dict
+        from irra_core.model.pretrained import load_clip_state_dict, load_clip_weights
 
         state = load_clip_state_dict(cfg.model.pretrained)
         clip_config = clip_config_from_state_dict(state, image_resolution=tuple(cfg.data.img_size),
@@ -52,18 +52,3 @@ def build_model(cfg: Config, num_classes: int) -> nn.Module:
     else:
         model = create_model(cfg, clip_config_from_cfg(cfg), num_classes)
     return apply_precision(model, cfg.model.precision)
-
-
-def load_clip_weights(clip: nn.Module, state: dict, *, source: str) -> None:
-    """Load a CLIP state dict into ``clip``: resize the image positional embedding, then a strict load.
-
-    Raises:
-        ValueError: keys missing, unexpected or of the wrong shape (every one is listed).
-    """
-    from irra_core.model.reference import check_state_dict
-
-    state = dict(state)
-    grid = clip.visual.grid
-    state["visual.positional_embedding"] = interpolate_positional_embedding(state["visual.positional_embedding"], grid)
-    check_state_dict(clip, state, source=source)
-    clip.load_state_dict(state, strict=True)

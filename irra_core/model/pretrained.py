@@ -17,12 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
 
+from irra_core.errors import UserError
 from irra_core.io_utils import atomic_write
 from irra_core.paths import cache_dir, data_root
 
 __all__ = ["OPENAI_MODELS", "PretrainedError", "available_models", "clip_cache_dir", "resolve_pretrained",
-           "load_clip_state_dict", "load_pretrained_clip", "sha256_of"]
+           "load_clip_state_dict", "load_clip_weights", "load_pretrained_clip", "sha256_of"]
 
 
 @dataclass(frozen=True)
@@ -51,7 +53,7 @@ OPENAI_MODELS: dict[str, PretrainedEntry] = {
 _NON_TOWER_KEYS = ("input_resolution", "context_length", "vocab_size", "logit_scale")
 
 
-class PretrainedError(RuntimeError):
+class PretrainedError(UserError, RuntimeError):
     """Pretrained weights cannot be found, fetched or verified; the message says what to do."""
 
 
@@ -160,7 +162,6 @@ def load_pretrained_clip(name_or_path: str | Path, image_resolution: tuple[int, 
                          stride_size: int = 16):
     """A :class:`irra_core.model.clip.CLIP` with pretrained weights at IRRA's input size (positional
     embedding interpolated to the patch grid), sizes inferred from the weights."""
-    from irra_core.model.build import load_clip_weights
     from irra_core.model.clip import CLIP
     from irra_core.model.clip_state import clip_config_from_state_dict
 
@@ -168,3 +169,19 @@ def load_pretrained_clip(name_or_path: str | Path, image_resolution: tuple[int, 
     model = CLIP(clip_config_from_state_dict(state, image_resolution=image_resolution, stride_size=stride_size))
     load_clip_weights(model, state, source=str(name_or_path))
     return model
+
+
+def load_clip_weights(clip: nn.Module, state: dict, *, source: str) -> None:
+    """Load a CLIP state dict into ``clip``: resize the image positional embedding, then a strict load.
+
+    Raises:
+        ValueError: keys missing, unexpected or of the wrong shape (every one is listed).
+    """
+    from irra_core.model.clip_state import interpolate_positional_embedding
+    from irra_core.model.reference import check_state_dict
+
+    state = dict(state)
+    grid = clip.visual.grid
+    state["visual.positional_embedding"] = interpolate_positional_embedding(state["visual.positional_embedding"], grid)
+    check_state_dict(clip, state, source=source)
+    clip.load_state_dict(state, strict=True)

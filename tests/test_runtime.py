@@ -1,0 +1,94 @@
+"""Process-level settings are explicit: no import side effect, thread counts set in a context and restored."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from irra_core import runtime
+from irra_core.evaluation import encode, metrics
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_importing_the_library_tunes_nothing():
+    code = ("import irra_core, irra_core.engine, irra_core.evaluation, irra_core.model, irra_core.pipeline, "
+            "irra_core.workbook, irra_core.train_notebook, irra_core.viz.curves\n"
+            "from irra_core import runtime\nprint(runtime._applied)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True,
+                         env={**os.environ, "IRRA_MALLOC_TUNING": "1"})
+    assert out.stdout.strip() == "False"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc mallopt")
+def test_tune_allocator_applies_once_and_can_be_refused(monkeypatch):
+    assert runtime.tune_allocator() is True  # conftest applied it already: still in force
+    monkeypatch.setattr(runtime, "_applied", False)
+    monkeypatch.setenv("IRRA_MALLOC_TUNING", "0")
+    assert runtime.tune_allocator() is False
+
+
+def test_torch_threads_sets_and_restores_even_on_error():
+    before = torch.get_num_threads()
+    target = 1 if before != 1 else 2
+    with runtime.torch_threads(target):
+        assert torch.get_num_threads() == target
+    assert torch.get_num_threads() == before
+    with pytest.raises(RuntimeError, match="boom"):
+        with runtime.torch_threads(target):
+            raise RuntimeError("boom")
+    assert torch.get_num_threads() == before
+    with runtime.torch_threads(target, "cuda"):  # GPU work: the CPU setting is left alone
+        assert torch.get_num_threads() == before
+    with pytest.raises(ValueError, match=">= 1"):
+        with runtime.torch_threads(0):
+            pass
+
+
+def test_ranking_runs_on_one_thread_and_restores_the_count(monkeypatch):
+    seen = []
+    original = metrics._rank_chunk
+
+    def spy(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(metrics, "_rank_chunk", spy)
+    with runtime.torch_threads(2):
+        out = metrics.rank_metrics(torch.randn(7, 5), torch.arange(7) % 5, torch.arange(5), chunk_size=3)
+        assert torch.get_num_threads() == 2
+    assert seen == [metrics.RANKING_CPU_THREADS] * 3 and 0 <= out["mAP"] <= 100
+
+
+class _Towers(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.image, self.text = nn.Linear(4, 3), nn.Linear(4, 3)
+
+    def encode_image(self, x):
+        return self.image(x)
+
+    def encode_text(self, x):
+        return self.text(x)
+
+
+def test_fit_and_encode_split_tune_the_allocator(monkeypatch):
+    calls = []
+    monkeypatch.setattr(encode, "tune_allocator", lambda: calls.append("encode"))
+    loader = DataLoader(TensorDataset(torch.arange(6), torch.randn(6, 4)), batch_size=4)
+    split = encode.encode_split(_Towers(), None, loaders=(loader, loader), device="cpu")
+    assert calls == ["encode"] and split.q_feats.shape == (6, 3)
+    from irra_core import engine
+
+    monkeypatch.setattr(engine, "tune_allocator", lambda: calls.append("fit"))
+    monkeypatch.setattr(engine, "init_distributed", lambda device: (_ for _ in ()).throw(RuntimeError("stop")))
+    with pytest.raises(RuntimeError, match="stop"):
+        engine.fit(SimpleNamespace(train=SimpleNamespace(device="cpu")), "unused")
+    assert calls == ["encode", "fit"]
