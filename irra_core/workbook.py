@@ -94,15 +94,16 @@ def headline_metrics(evaluations: Mapping[str, Mapping[str, Mapping]], selected:
     """The workbook run's ``metrics.json``: ``{"t2i", "i2t", "headline", "models"}``.
 
     Args:
-        evaluations: ``{model: {"best": {"t2i", "i2t"}, "last": {...}}}`` (test split, percent).
-        selected: ``{model: "best" | "last"}`` (:func:`selected_checkpoint` of each training run).
+        evaluations: ``{model: {"best": {"t2i", "i2t"}, "last": {...}}}`` (test split, percent); an existing
+            checkpoint evaluated without training (``pipeline --checkpoint``) has one entry, ``"checkpoint"``.
+        selected: ``{model: "best" | "last" | "checkpoint"}`` (:func:`selected_checkpoint` of each training run).
         headline: the model whose selected checkpoint gives the top-level ``t2i`` / ``i2t``; the first
             evaluated model when it is absent.
     """
     if not evaluations:
         raise PipelineError("no evaluated model: train one first (notebooks 10_train_irra / 11_train_php)")
     chosen = headline if headline in evaluations else next(iter(evaluations))
-    models = {m: {"best": dict(e["best"]), "last": dict(e["last"]), "selected": selected[m]}
+    models = {m: {**{which: dict(v) for which, v in e.items()}, "selected": selected[m]}
               for m, e in evaluations.items()}
     top = models[chosen][models[chosen]["selected"]]
     return {"t2i": dict(top["t2i"]), "i2t": dict(top["i2t"]), "headline": f"{chosen} ({models[chosen]['selected']})",

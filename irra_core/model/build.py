@@ -39,7 +39,7 @@ def build_model(cfg: Config, num_classes: int) -> nn.Module:
         An :class:`irra_core.model.irra.IRRA` in training mode, weights in ``cfg.model.precision``'s
         layout (``legacy_fp16``: IRRA's fp16 conversion; autocast modes keep float32 weights).
     """
-    if cfg.model.pretrained:
+    if cfg.model.pretrained and not cfg.model.init_from:  # init_from holds the towers (model/load.py)
         from irra_core.model.pretrained import load_clip_state_dict
 
         state = load_clip_state_dict(cfg.model.pretrained)

@@ -4,8 +4,9 @@
 else ``<$IRRA_CACHE or ~/.cache/irra_workbook>/clip``) and in ``<data root>/pretrained/``, verifies its
 SHA-256 (the hex folder name of OpenAI's URL), and otherwise downloads it atomically into the cache.
 ``IRRA_OFFLINE=1`` forbids the download; offline, the error names the file, its URL and where to put it.
-A path instead of a name loads that file: an OpenAI TorchScript archive or a plain state dict (read with
-``weights_only=True``). Only ViT models are supported (the towers here are ViTs).
+A path instead of a name loads that file: an OpenAI TorchScript archive, a plain state dict (read with
+``weights_only=True``), or an IRRA/PHP checkpoint whose backbone (``base_model.*``) is taken (``model.init_from``
+keeps its heads too). Only ViT models are supported (the towers here are ViTs).
 """
 from __future__ import annotations
 
@@ -153,6 +154,11 @@ def load_clip_state_dict(name_or_path: str | Path) -> dict[str, torch.Tensor]:
             raise PretrainedError(f"pretrained weights {text!r}: neither an OpenAI model name "
                                   f"({available_models()}) nor an existing file")
     state = _read_weights(path)
+    if "visual.conv1.weight" not in state:  # an IRRA/PHP checkpoint: its backbone (use model.init_from for heads)
+        from irra_core.model.load import normalise_state_dict
+
+        full, _, _ = normalise_state_dict(state, source=str(path))
+        state = {k[len("base_model."):]: v for k, v in full.items() if k.startswith("base_model.")} or state
     return {k: v for k, v in state.items() if k not in _NON_TOWER_KEYS}
 
 
