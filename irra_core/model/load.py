@@ -280,7 +280,7 @@ def fit_sizes_to_weights(cfg: Config, source: CheckpointSource, *, keep_img_size
 
     Head counts are not stored in weights: the config's are kept where its width matches the checkpoint's,
     else CLIP's ``width // 64``. With ``keep_img_size=False`` (evaluation) the image size must give the
-    checkpoint's patch grid: without a config, a 3:1 person crop is assumed and noted.
+    checkpoint's patch grid: without a config, a square (OpenAI CLIP) or 3:1 grid (person crop) is assumed and noted.
 
     Raises:
         ValueError: the image size does not match the checkpoint's positional embedding (evaluation).
@@ -321,13 +321,13 @@ def fit_sizes_to_weights(cfg: Config, source: CheckpointSource, *, keep_img_size
     grid = _grid(tuple(cfg.data.img_size), cfg.model.patch_size, cfg.model.stride_size)
     if not keep_img_size and grid[0] * grid[1] != rows:
         if source.config is None and source.options is None:
-            gw = math.isqrt(rows // 3)
-            if 3 * gw * gw != rows:
+            inferred = _source_grid(source)
+            if inferred is None:
                 raise _CheckpointError(f"{source.file}: the image positional embedding has {rows} patch rows, which "
-                                       f"is not a 3:1 grid; pass img_size=(H, W) for this checkpoint")
-            p = cfg.model.patch_size
-            set_value(cfg, "data.img_size", ((3 * gw - 1) * cfg.model.stride_size + p,
-                                             (gw - 1) * cfg.model.stride_size + p), source=str(source.file))
+                                       f"is neither a square nor a 3:1 grid; pass img_size=(H, W) for this checkpoint")
+            p, st = cfg.model.patch_size, cfg.model.stride_size
+            set_value(cfg, "data.img_size", ((inferred[0] - 1) * st + p, (inferred[1] - 1) * st + p),
+                      source=str(source.file))
         else:
             raise _CheckpointError(f"{source.file}: the image positional embedding has {rows + 1} rows, but img_size "
                                    f"{tuple(cfg.data.img_size)} with stride {cfg.model.stride_size} needs "
@@ -336,6 +336,27 @@ def fit_sizes_to_weights(cfg: Config, source: CheckpointSource, *, keep_img_size
     changed = [f"{s}.{k}: {before[s][k]!r} -> {after[s][k]!r}" for s in ("data", "model")
                for k in after[s] if before[s][k] != after[s][k]]
     return [f"sizes from the weights: {', '.join(changed)}"] if changed else []
+
+
+def _source_grid(source: CheckpointSource) -> tuple[int, int] | None:
+    """The patch grid the checkpoint was trained on: from its config or options, else a square (OpenAI's CLIP)
+    or a 3:1 person crop; ``None`` when none fits (the resize then names the problem)."""
+    rows = int(source.state["base_model.visual.positional_embedding"].shape[0]) - 1
+    patch = int(source.state["base_model.visual.conv1.weight"].shape[-1])
+    img, stride = None, patch
+    if source.config is not None:
+        img, stride = tuple(source.config.data.img_size), source.config.model.stride_size
+    elif source.options is not None and source.options.get("img_size"):
+        img, stride = tuple(source.options["img_size"]), int(source.options.get("stride_size", patch))
+    if img is not None:
+        grid = _grid(img, patch, stride)
+        if grid[0] * grid[1] == rows:
+            return grid
+    side = math.isqrt(rows)
+    if side * side == rows:
+        return side, side
+    gw = math.isqrt(rows // 3)
+    return (3 * gw, gw) if 3 * gw * gw == rows else None
 
 
 def _apply_overrides(cfg: Config, overrides: Mapping[str, Any], source: str) -> None:
@@ -374,6 +395,8 @@ def evaluation_config(source: CheckpointSource, *, reference_behaviour: bool = F
         set_value(cfg, "model.arch", source.arch)
         if source.arch == "php":
             set_value(cfg, "loss.names", "sdm+itc+aux")
+            notes.append(f"EFP head count is not stored in weights: moe_heads={cfg.model.moe_heads} (PHP's default) "
+                         f"assumed; pass moe_heads=N if the model was trained with another")
         notes.append("no configuration found with the checkpoint: behaviour switches at the workbook's (correct) "
                      "defaults, sizes from the weights")
     if cfg.model.pretrained:
@@ -530,7 +553,7 @@ def init_from_checkpoint(model: nn.Module, path: str | Path, *, notes: list[str]
     key = "base_model.visual.positional_embedding"
     if key in state and key in expected and state[key].shape != expected[key].shape:
         grid = model.base_model.visual.grid
-        state[key] = interpolate_positional_embedding(state[key].float(), grid)
+        state[key] = interpolate_positional_embedding(state[key].float(), grid, old_grid=_source_grid(source))
         report.notes.append(f"image positional embedding resized to the patch grid {tuple(grid)}")
     derived = _copy_shared_gates(model.cfg, state) if hasattr(model, "cfg") else []
     if derived:
