@@ -38,7 +38,7 @@ from irra_core.config import (Config, ConfigError, LossConfig, ModelConfig, conf
                               config_from_reference_args, set_value, validate)
 from irra_core.model.pretrained import _NON_TOWER_KEYS
 
-__all__ = ["CheckpointSource", "LoadReport", "read_checkpoint", "load_model", "resolve_init_config",
+__all__ = ["CheckpointError", "CheckpointSource", "LoadReport", "read_checkpoint", "load_model", "resolve_init_config",
            "init_from_checkpoint", "checkpoint_identity", "HEAD_PREFIXES"]
 
 #: checkpoint keys accepted and dropped everywhere: PHP's routing counters (persistent buffers that never affect
@@ -51,9 +51,9 @@ HEAD_PREFIXES = {"id": ("classifier.",),
                  "php": ("safl.", "shared_transformer.")}
 
 
-class _CheckpointError(ConfigError):
-    """A checkpoint cannot be used as asked; the message names the file and the fix (a ConfigError, so the
-    command-line tools print it as one paragraph)."""
+class CheckpointError(ConfigError):
+    """A checkpoint cannot be read or used as asked; the message names the file and the fix (a ConfigError, hence
+    a ValueError, so the command-line tools print it as one paragraph)."""
 
 
 @dataclass
@@ -138,11 +138,11 @@ def _torch_load(path: Path) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ValueError(f"{path}: refused - reading it needs arbitrary unpickling (which can run code), and "
+        raise CheckpointError(f"{path}: refused - reading it needs arbitrary unpickling (which can run code), and "
                          f"checkpoints are read with torch.load(weights_only=True). torch says: {reason}. If you "
                          f"trust the file, re-save its state dict with torch.save(model.state_dict(), ...).") from exc
     except (RuntimeError, EOFError, OSError) as exc:
-        raise _CheckpointError(f"{path}: cannot be read as a PyTorch checkpoint ({type(exc).__name__}: {exc}); "
+        raise CheckpointError(f"{path}: cannot be read as a PyTorch checkpoint ({type(exc).__name__}: {exc}); "
                                f"the file is truncated or not a .pth/.pt file") from exc
 
 
@@ -164,7 +164,7 @@ def normalise_state_dict(raw: Any, *, source: str) -> tuple[dict[str, torch.Tens
             break
     if not isinstance(state, dict) or not state or not all(torch.is_tensor(v) for v in state.values()):
         held = sorted(raw)[:10] if isinstance(raw, dict) else type(raw).__name__
-        raise ValueError(f"{source}: expected a state dict or a dict with a 'model' state dict; it holds {held}")
+        raise CheckpointError(f"{source}: expected a state dict or a dict with a 'model' state dict; it holds {held}")
     if any(k.startswith("module.") for k in state):
         notes.append("'module.' prefix (DataParallel / DistributedDataParallel) removed")
         state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
@@ -239,7 +239,7 @@ def read_checkpoint(path: str | Path, checkpoint: str = "best") -> CheckpointSou
             notes.append(f"configuration read from {file.parent.parent / 'config.yaml'}")
     state, more_notes, dropped = normalise_state_dict(raw, source=str(file))
     if not any(k.startswith("base_model.") for k in state):
-        raise _CheckpointError(f"{file}: no CLIP backbone in it (no 'base_model.*' or 'visual.*' keys; first keys "
+        raise CheckpointError(f"{file}: no CLIP backbone in it (no 'base_model.*' or 'visual.*' keys; first keys "
                                f"{list(state)[:6]}); it is not an IRRA/PHP/CLIP checkpoint")
     return CheckpointSource(path=path, file=file, kind=kind, state=state, config=config, options=options,
                             notes=notes + more_notes, dropped=dropped)
@@ -293,7 +293,7 @@ def fit_sizes_to_weights(cfg: Config, source: CheckpointSource, *, keep_img_size
         clip = clip_config_from_state_dict(base, image_resolution=tuple(cfg.data.img_size),
                                            stride_size=cfg.model.stride_size)
     except KeyError as exc:
-        raise _CheckpointError(f"{source.file}: the backbone is incomplete ({exc.args[0]})") from exc
+        raise CheckpointError(f"{source.file}: the backbone is incomplete ({exc.args[0]})") from exc
     m = cfg.model
     vision_heads = m.vision_heads if m.vision_width == clip.vision_width else clip.vision_heads
     text_heads = m.text_heads if m.text_width == clip.transformer_width else clip.transformer_heads
@@ -323,13 +323,13 @@ def fit_sizes_to_weights(cfg: Config, source: CheckpointSource, *, keep_img_size
         if source.config is None and source.options is None:
             inferred = _source_grid(source)
             if inferred is None:
-                raise _CheckpointError(f"{source.file}: the image positional embedding has {rows} patch rows, which "
+                raise CheckpointError(f"{source.file}: the image positional embedding has {rows} patch rows, which "
                                        f"is neither a square nor a 3:1 grid; pass img_size=(H, W) for this checkpoint")
             p, st = cfg.model.patch_size, cfg.model.stride_size
             set_value(cfg, "data.img_size", ((inferred[0] - 1) * st + p, (inferred[1] - 1) * st + p),
                       source=str(source.file))
         else:
-            raise _CheckpointError(f"{source.file}: the image positional embedding has {rows + 1} rows, but img_size "
+            raise CheckpointError(f"{source.file}: the image positional embedding has {rows + 1} rows, but img_size "
                                    f"{tuple(cfg.data.img_size)} with stride {cfg.model.stride_size} needs "
                                    f"{grid[0] * grid[1] + 1} (1 + patch grid); pass the checkpoint's img_size")
     after = cfg.to_dict()
@@ -371,7 +371,7 @@ def _apply_overrides(cfg: Config, overrides: Mapping[str, Any], source: str) -> 
         elif key == "img_size":
             set_value(cfg, "data.img_size", value, source=source)
         else:
-            raise ValueError(f"{source}: unknown override {key!r}; use a field of cfg.model ({sorted(model_keys)}) "
+            raise CheckpointError(f"{source}: unknown override {key!r}; use a field of cfg.model ({sorted(model_keys)}) "
                              f"or cfg.loss ({sorted(loss_keys)}), img_size, or a dotted key")
 
 
@@ -406,7 +406,7 @@ def evaluation_config(source: CheckpointSource, *, reference_behaviour: bool = F
     if reference_behaviour and cfg.model.arch == "php":
         _apply_overrides(cfg, REFERENCE_BEHAVIOUR, "reference behaviour")
     if cfg.model.arch == "php" and not source.has(*HEAD_PREFIXES["php"]):
-        raise _CheckpointError(f"{source.file} holds no PHP heads (safl.*, shared_transformer.*) but its "
+        raise CheckpointError(f"{source.file} holds no PHP heads (safl.*, shared_transformer.*) but its "
                                f"configuration says model.arch='php': evaluating it would use random heads. "
                                f"Fine-tune it first (python -m irra_core.train --finetune {source.path} ...), or "
                                f"evaluate it as IRRA (model.arch=irra).")
@@ -425,7 +425,7 @@ def evaluation_config(source: CheckpointSource, *, reference_behaviour: bool = F
         has_text_gate = source.has("shared_transformer.") and any(
             k.endswith("feed_forward.task_gate_text.weight") for k in source.state)
         if cfg.model.moe_gating == "shared" and has_text_gate:
-            raise _CheckpointError(f"{source.file} has modality gates (task_gate_text); moe_gating='shared' would "
+            raise CheckpointError(f"{source.file} has modality gates (task_gate_text); moe_gating='shared' would "
                                    f"discard them - load it with moe_gating='modality'")
     _apply_overrides(cfg, overrides or {}, f"load_model({source.path})")
     validate(cfg)
@@ -561,7 +561,7 @@ def init_from_checkpoint(model: nn.Module, path: str | Path, *, notes: list[str]
     bad_backbone = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(expected[k].shape)}" for k, v in state.items()
                     if k.startswith("base_model.") and k in expected and tuple(v.shape) != tuple(expected[k].shape)]
     if bad_backbone:
-        raise ValueError(f"{source.file}: backbone tensors do not fit the model (size it with resolve_init_config):"
+        raise CheckpointError(f"{source.file}: backbone tensors do not fit the model (size it with resolve_init_config):"
                          f"\n  " + "\n  ".join(bad_backbone))
     usable, mismatched = {}, []
     for k, v in state.items():

@@ -23,7 +23,7 @@ import yaml
 from torch import nn
 
 from irra_core.model.irra import IRRA
-from irra_core.model.load import DROPPED_KEY_PATTERNS
+from irra_core.model.load import DROPPED_KEY_PATTERNS, CheckpointError
 
 __all__ = ["load_reference_run", "read_reference_options", "read_state_dict", "check_state_dict",
            "REFERENCE_BEHAVIOUR", "DROPPED_KEY_PATTERNS"]
@@ -49,10 +49,10 @@ def read_reference_options(path: str | Path) -> dict:
     try:
         options = yaml.load(path.read_text(encoding="utf-8"), Loader=_OptionsLoader)
     except yaml.YAMLError as exc:
-        raise ValueError(f"{path}: cannot read it with a safe YAML loader (only !!python/tuple is accepted "
+        raise CheckpointError(f"{path}: cannot read it with a safe YAML loader (only !!python/tuple is accepted "
                          f"beyond plain YAML): {exc}") from exc
     if not isinstance(options, dict):
-        raise ValueError(f"{path}: expected a mapping of options, got {type(options).__name__}")
+        raise CheckpointError(f"{path}: expected a mapping of options, got {type(options).__name__}")
     return options
 
 
@@ -72,7 +72,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def check_state_dict(module: nn.Module, state: Mapping[str, torch.Tensor], *, source: str) -> None:
-    """Raise ValueError listing every missing, unexpected or mis-shaped key of ``state`` for ``module``."""
+    """Raise :class:`~irra_core.model.load.CheckpointError` (a ValueError) listing every missing, unexpected or mis-shaped key of ``state`` for ``module``."""
     expected = module.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
@@ -81,7 +81,7 @@ def check_state_dict(module: nn.Module, state: Mapping[str, torch.Tensor], *, so
     if missing or unexpected or shapes:
         def block(title: str, items: list[str]) -> str:
             return f"\n  {title} ({len(items)}):\n    " + "\n    ".join(items) if items else ""
-        raise ValueError(f"{source} does not fit the model:" + block("missing keys", missing)
+        raise CheckpointError(f"{source} does not fit the model:" + block("missing keys", missing)
                          + block("unexpected keys", unexpected) + block("shape mismatches", shapes))
 
 
