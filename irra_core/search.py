@@ -208,6 +208,7 @@ class SearchResult:
     csv: Path
     figure: Path
     model: object = None
+    fig: object = None  # the matplotlib Figure saved as ``figure``
 
     def summary(self) -> str:
         g = self.gallery
@@ -266,7 +267,7 @@ def search_photos(checkpoint: str | Path, gallery: str | Path, sentences: Sequen
                       .to_csv(index=False))
     fig = plot_search(table, cfg.data.img_size, title=f"{Path(checkpoint).name}: {len(encoded.paths)} photos")
     figure = save_figure(fig, out / "search.png")
-    return SearchResult(table=table, gallery=encoded, out_dir=out, csv=csv, figure=figure, model=model)
+    return SearchResult(table=table, gallery=encoded, out_dir=out, csv=csv, figure=figure, model=model, fig=fig)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -148,16 +148,16 @@ def test_inspection_loads_a_released_checkpoint_on_a_synthetic_split(layouts, tm
     from irra_core.viz.inspect import checkpoint_data, load_run, load_runs
 
     data = checkpoint_data("synthetic", str(tmp_path / "data"), smoke=True)
-    run = load_run(layouts["irra-module-prefix"], data=data, work_dir=tmp_path / "work")
+    run = load_run(layouts["irra-module-prefix"], overrides=data, work_dir=tmp_path / "work")
     assert run.img_size == (96, 32) and run.cfg.data.dataset == "synthetic"
     table = run.query_table()
     assert len(table) == len(run.split["captions"]) and (table.first_hit_rank >= 1).all()
     idx, scores = run.rank_text("a man in a red jacket", 3)
     assert len(idx) == 3 and scores == sorted(scores, reverse=True)
-    runs = load_runs(tmp_path / "run", device="cpu", checkpoint_path=layouts["php-file-alone"], data=data)
+    runs = load_runs(tmp_path / "run", device="cpu", checkpoint_path=layouts["php-file-alone"], overrides=data)
     assert list(runs) == ["php"]
     with pytest.raises(ValueError, match="php model"):
-        load_runs(tmp_path / "run", checkpoint_path=layouts["php-file-alone"], data=data, models=("irra",))
+        load_runs(tmp_path / "run", checkpoint_path=layouts["php-file-alone"], overrides=data, models=("irra",))
 
 
 def test_read_checkpoint_kinds(layouts, reference_dir):

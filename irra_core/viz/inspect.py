@@ -152,7 +152,7 @@ def find_queries_csv(run_dir: Path, tag: str, split: dict) -> Path | None:
 
 
 def load_run(run_dir: str | Path, checkpoint: str = "best", *, split: str = "test", device: str = "cpu",
-             name: str | None = None, dataset=None, data: Mapping[str, object] | None = None,
+             name: str | None = None, dataset=None, overrides: Mapping[str, object] | None = None,
              work_dir: str | Path | None = None) -> InspectRun:
     """Load any checkpoint for inspection: a workbook run folder, an IRRA/PHP log folder or a .pth/.pt file.
 
@@ -165,8 +165,9 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", *, split: str = "tes
         split: ``test`` | ``val``.
         device: where the model runs.
         dataset: an already built ``PedesDataset`` (saves re-parsing when loading several runs).
-        data: dotted ``data.*`` overrides: the dataset to inspect on (``{"data.dataset": "CUHK-PEDES",
-            "data.root": "/data"}``; see :func:`checkpoint_data`); default the checkpoint's own.
+        overrides: dotted overrides of the loaded configuration: the dataset to inspect on (``{"data.dataset":
+            "CUHK-PEDES", "data.root": "/data"}``, see :func:`checkpoint_data`; default the checkpoint's own) or a
+            model switch (``{"model.efp_attention": "batch"}``).
         work_dir: folder for the embedding cache and ``eval/*/queries.csv`` (default: ``run_dir`` when it is a
             workbook run folder, else none).
 
@@ -182,7 +183,7 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", *, split: str = "tes
     if not run_dir.exists():
         raise FileNotFoundError(f"{run_dir} is missing: train this run first (notebooks 10_train_irra / "
                                 f"11_train_php), or pass an existing checkpoint")
-    model = load_model(run_dir, checkpoint=checkpoint, device=device, **dict(data or {}))
+    model = load_model(run_dir, checkpoint=checkpoint, device=device, **dict(overrides or {}))
     cfg = model.cfg
     if dataset is None:
         from irra_core.data import prepare_dataset
@@ -191,7 +192,7 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", *, split: str = "tes
     is_run = model.load_report.kind == "workbook-run" and run_dir.is_dir()
     work = Path(work_dir) if work_dir is not None else (run_dir if is_run else None)
     split_dict = getattr(dataset, split)
-    queries_csv = find_queries_csv(work, checkpoint, split_dict) if work is not None else None
+    queries_csv = find_queries_csv(work, checkpoint if is_run else "checkpoint", split_dict) if work else None
     label = name or (f"{run_dir.name}/{checkpoint}" if run_dir.is_dir() else run_dir.name)
     return InspectRun(name=label, model=model, split=split_dict,
                       img_size=tuple(cfg.data.img_size), text_length=cfg.data.text_length, device=device,
@@ -381,17 +382,18 @@ def collect_routing(run: InspectRun, limit: int | None = None) -> list[dict]:
 
 def load_runs(run_dir: str | Path, checkpoint: str = "best", *, device: str = "cpu",
               models: Sequence[str] = ("irra", "php"), checkpoint_path: str | Path = "",
-              data: Mapping[str, object] | None = None) -> dict[str, InspectRun]:
+              overrides: Mapping[str, object] | None = None) -> dict[str, InspectRun]:
     """Load the trained models of a workbook run (``<run_dir>/irra``, ``<run_dir>/php``) that exist.
 
     Missing ones are reported by name; none at all is an error naming the notebooks that train them. With
     ``checkpoint_path`` (the notebooks' ``CHECKPOINT_PATH``, ``pipeline --checkpoint``) that checkpoint is loaded
-    instead, named by its architecture (``irra`` | ``php``), with ``data`` overrides (:func:`checkpoint_data`) and
+    instead, named by its architecture (``irra`` | ``php``), with ``overrides`` (:func:`checkpoint_data`) and
     its cache under ``<run_dir>/checkpoint/``; an architecture not in ``models`` is an error.
     """
     run_dir = Path(run_dir)
     if checkpoint_path:
-        run = load_run(checkpoint_path, checkpoint, device=device, data=data, work_dir=run_dir / "checkpoint")
+        run = load_run(checkpoint_path, checkpoint, device=device, overrides=overrides,
+                       work_dir=run_dir / "checkpoint")
         arch = run.cfg.model.arch
         run.name = f"{arch} ({Path(checkpoint_path).name})"
         if arch not in models:
