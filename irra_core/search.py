@@ -72,6 +72,7 @@ class Gallery:
     unreadable: list[tuple[str, str]] = field(default_factory=list)
     from_cache: bool = False
     cache_file: Path | None = None
+    total_files: int = 0  # image files under root; more than len(paths) + len(unreadable) with max_images
 
 
 def gallery_key(files: Sequence[Path], checkpoint_id: dict, img_size: Sequence[int]) -> str:
@@ -87,7 +88,7 @@ def gallery_key(files: Sequence[Path], checkpoint_id: dict, img_size: Sequence[i
 
 def encode_gallery(model, folder: str | Path, *, img_size: Sequence[int], checkpoint_id: dict,
                    device="cpu", batch_size: int = 32, cache_dir: str | Path | None = None,
-                   progress: bool = True) -> Gallery:
+                   progress: bool = True, max_images: int = 0) -> Gallery:
     """Encode every image under ``folder`` with ``model.encode_image``, or read them from the cache.
 
     Args:
@@ -96,6 +97,7 @@ def encode_gallery(model, folder: str | Path, *, img_size: Sequence[int], checkp
         img_size: (H, W), the model's crop (``cfg.data.img_size``).
         checkpoint_id: :func:`irra_core.model.load.checkpoint_identity` of the weights (part of the cache key).
         cache_dir: cache folder (``None``: no cache); entries are ``<key>.pt``, written atomically.
+        max_images: only the first N files in path order (0: all); the summary says how many were left out.
 
     Returns:
         A :class:`Gallery`; unreadable files are listed in ``unreadable`` with their reason.
@@ -110,12 +112,15 @@ def encode_gallery(model, folder: str | Path, *, img_size: Sequence[int], checkp
 
     folder = Path(folder).expanduser()
     files = find_images(folder)
+    total = len(files)
+    files = files[:max_images] if max_images and max_images > 0 else files
     key = gallery_key(files, checkpoint_id, img_size)
     cache_file = Path(cache_dir) / f"{key}.pt" if cache_dir is not None else None
     if cache_file is not None and cache_file.exists():
         entry = torch.load(cache_file, map_location="cpu", weights_only=True)
         return Gallery(root=folder, paths=[Path(p) for p in entry["paths"]], feats=entry["feats"],
-                       unreadable=[tuple(u) for u in entry["unreadable"]], from_cache=True, cache_file=cache_file)
+                       unreadable=[tuple(u) for u in entry["unreadable"]], from_cache=True, cache_file=cache_file,
+                       total_files=total)
     transform = build_transforms(tuple(img_size), is_train=False)
     paths, feats, unreadable = [], [], []
     model.eval()
@@ -144,7 +149,7 @@ def encode_gallery(model, folder: str | Path, *, img_size: Sequence[int], checkp
         raise UserError(f"--gallery {folder}: none of its {len(files)} images could be read; first: "
                         f"{unreadable[0][1]}")
     gallery = Gallery(root=folder, paths=paths, feats=torch.cat(feats), unreadable=unreadable,
-                      cache_file=cache_file)
+                      cache_file=cache_file, total_files=total)
     if cache_file is not None:
         atomic_torch_save({"key": key, "paths": [str(p) for p in paths], "feats": gallery.feats,
                            "unreadable": [list(u) for u in unreadable], "checkpoint": checkpoint_id,
@@ -188,8 +193,11 @@ def plot_search(table, img_size: Sequence[int], *, top_k: int | None = None, tit
     h, w = (int(v) for v in img_size)
 
     def load(index: int) -> np.ndarray:
-        with Image.open(order[index]) as im:
-            return np.asarray(im.convert("RGB").resize((w, h), Image.BILINEAR), dtype=np.float32) / 255.0
+        try:
+            with Image.open(order[index]) as im:
+                return np.asarray(im.convert("RGB").resize((w, h), Image.BILINEAR), dtype=np.float32) / 255.0
+        except OSError:  # removed or changed since it was encoded: a grey panel, the CSV still names it
+            return np.full((h, w, 3), 0.5, dtype=np.float32)
 
     rows = [{"caption": query, "pid": None, "top10_indices": [position[p] for p in group["path"]],
              "top10_scores": list(group["score"])}
@@ -215,6 +223,9 @@ class SearchResult:
         lines = [f"gallery {g.root}: {len(g.paths)} images "
                  f"({'embeddings from the cache' if g.from_cache else 'encoded'}"
                  f"{', cached in ' + str(g.cache_file) if g.cache_file and not g.from_cache else ''})"]
+        searched = len(g.paths) + len(g.unreadable)
+        if g.total_files > searched:
+            lines.append(f"only the first {searched} of {g.total_files} image files were searched (max_images)")
         if g.unreadable:
             lines.append(f"{len(g.unreadable)} unreadable image(s), left out of the ranking:")
             lines += [f"  {path}: {reason}" for path, reason in g.unreadable]
@@ -227,7 +238,8 @@ class SearchResult:
 
 def search_photos(checkpoint: str | Path, gallery: str | Path, sentences: Sequence[str], *, top_k: int = 10,
                   out_dir: str | Path | None = None, device: str = "auto", cache_dir: str | Path | None = "default",
-                  batch_size: int = 32, which: str = "best", model=None, progress: bool = True) -> SearchResult:
+                  batch_size: int = 32, which: str = "best", model=None, progress: bool = True,
+                  max_images: int = 0) -> SearchResult:
     """Load ``checkpoint``, encode (or reuse) the photos under ``gallery``, rank them for each sentence, and write
     ``results.csv``, ``unreadable.csv`` and ``search.png`` into ``out_dir`` (default
     ``outputs/search/<YYYYmmdd-HHMMSS>``).
@@ -235,6 +247,7 @@ def search_photos(checkpoint: str | Path, gallery: str | Path, sentences: Sequen
     Args:
         cache_dir: ``"default"`` = ``<IRRA_CACHE or ~/.cache/irra_workbook>/search``; ``None`` = no cache.
         model: an already loaded model for ``checkpoint`` (the notebook reuses one across searches).
+        max_images: search only the first N image files in path order (0: all; said in the summary).
 
     Raises:
         UserError: no gallery folder / images / sentence; FileNotFoundError, ValueError: see
@@ -257,7 +270,8 @@ def search_photos(checkpoint: str | Path, gallery: str | Path, sentences: Sequen
     cfg = model.cfg
     cache = default_cache() / "search" if cache_dir == "default" else cache_dir
     encoded = encode_gallery(model, gallery, img_size=cfg.data.img_size, device=dev, batch_size=batch_size,
-                             checkpoint_id=checkpoint_identity(checkpoint, which), cache_dir=cache, progress=progress)
+                             checkpoint_id=checkpoint_identity(checkpoint, which), cache_dir=cache, progress=progress,
+                             max_images=max_images)
     table = rank_sentences(model, encoded, sentences, top_k=top_k, context_length=cfg.data.text_length, device=dev)
     out = Path(out_dir) if out_dir else runs_dir().parent / "search" / _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     out.mkdir(parents=True, exist_ok=True)
@@ -289,12 +303,14 @@ def _main(argv: Sequence[str] | None) -> int:
     parser.add_argument("--cache_dir", help="embedding cache folder (default <IRRA_CACHE>/search)")
     parser.add_argument("--no_cache", action="store_true", help="encode the photos again and cache nothing")
     parser.add_argument("--which", default="best", help="best | last (run folders)")
+    parser.add_argument("--max_images", type=int, default=0, help="search only the first N files (0: all)")
     args = parser.parse_args(argv)
     if args.top_k < 1:
         raise UserError(f"--top_k {args.top_k}: must be at least 1")
     cache = None if args.no_cache else (args.cache_dir or "default")
     result = search_photos(args.checkpoint, args.gallery, args.sentences, top_k=args.top_k, out_dir=args.out_dir,
-                           device=args.device, cache_dir=cache, batch_size=args.batch_size, which=args.which)
+                           device=args.device, cache_dir=cache, batch_size=args.batch_size, which=args.which,
+                           max_images=args.max_images)
     print(result.summary())
     return 0
 

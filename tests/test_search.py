@@ -128,3 +128,11 @@ def test_expected_errors_exit_2_with_one_paragraph(photos, reference_dir, tmp_pa
         assert main(argv) == 2
         err = capsys.readouterr().err
         assert err.startswith("error: ") and words in err and "Traceback" not in err
+
+
+def test_max_images_searches_the_first_files_and_says_so(photos, reference_dir, tmp_path):
+    result = search_photos(reference_dir / "irra_tiny", photos, SENTENCES[:1], top_k=2, out_dir=tmp_path / "o",
+                           cache_dir=None, device="cpu", progress=False, max_images=3)
+    first = [str(p) for p in find_images(photos)[:3]]
+    assert sorted(map(str, result.gallery.paths)) == sorted(p for p in first if not p.endswith("broken.jpg"))
+    assert "only the first 3 of 9 image files were searched" in result.summary()

@@ -324,7 +324,8 @@ def fit_sizes_to_weights(cfg: Config, source: CheckpointSource, *, keep_img_size
             inferred = _source_grid(source)
             if inferred is None:
                 raise CheckpointError(f"{source.file}: the image positional embedding has {rows} patch rows, which "
-                                       f"is neither a square nor a 3:1 grid; pass img_size=(H, W) for this checkpoint")
+                                       f"is neither a square nor a 3:1 grid; put its configs.yaml next to it or load it with "
+                                       f"load_model(path, img_size=(H, W))")
             p, st = cfg.model.patch_size, cfg.model.stride_size
             set_value(cfg, "data.img_size", ((inferred[0] - 1) * st + p, (inferred[1] - 1) * st + p),
                       source=str(source.file))
