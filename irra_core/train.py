@@ -119,6 +119,9 @@ def config_from_argv(argv: Sequence[str] | None = None) -> tuple[Config, argpars
             for attr, value in values.items():
                 set_value(cfg, f"{section}.{attr}", value, source="smoke preset")
     if args.finetune:
+        if not Path(args.finetune).expanduser().exists():
+            raise ConfigError(f"--finetune {args.finetune}: no such file or folder; pass a workbook run folder, an "
+                              f"IRRA/PHP log folder (configs.yaml + best.pth) or a .pth/.pt file")
         set_value(cfg, "model.init_from", str(Path(args.finetune).expanduser().resolve()), source="--finetune")
     for item in args.overrides:
         key, value = _parse_override(item)

@@ -229,3 +229,21 @@ def test_finetune_from_a_workbook_run_and_evaluate_it(tmp_path):
     assert test_cli.main(["--checkpoint", str(second / "checkpoints" / "last.pt"), "--out_dir",
                           str(tmp_path / "ev")]) == 0
     assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["t2i"]["R1"] >= 0
+
+
+def test_finetune_from_a_backbone_only_checkpoint_starts_every_head_fresh(reference_dir, tmp_path, capsys):
+    from irra_core.model import build_model
+    from irra_core.model.load import init_from_checkpoint, resolve_init_config
+    from irra_core.train import main
+
+    state = _state(reference_dir, "irra_tiny")
+    torch.save({"model": {k: v for k, v in state.items() if k.startswith("base_model.")}}, tmp_path / "bb.pth")
+    cfg = load_config("irra-cpu", {"model.init_from": str(tmp_path / "bb.pth"), "data.img_size": [96, 32]})
+    resolve_init_config(cfg)
+    model = build_model(cfg, num_classes=7)
+    report = init_from_checkpoint(model, tmp_path / "bb.pth")
+    assert {k.split(".")[0] for k in report.initialised} == {"classifier", "cross_attn", "cross_modal_transformer",
+                                                            "ln_pre_t", "ln_pre_i", "ln_post", "mlm_head"}
+    assert all(k.startswith("base_model.") for k in report.loaded) and not report.dropped
+    assert main(["--preset", "irra-cpu", "--finetune", str(tmp_path / "missing.pth"), "--dry_run"]) == 2
+    assert "--finetune" in capsys.readouterr().err
