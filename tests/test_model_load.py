@@ -247,3 +247,27 @@ def test_finetune_from_a_backbone_only_checkpoint_starts_every_head_fresh(refere
     assert all(k.startswith("base_model.") for k in report.loaded) and not report.dropped
     assert main(["--preset", "irra-cpu", "--finetune", str(tmp_path / "missing.pth"), "--dry_run"]) == 2
     assert "--finetune" in capsys.readouterr().err
+
+
+def test_a_paper_run_loads_offline_without_asking_for_clip_weights(tmp_path, monkeypatch):
+    """A workbook run trained from ViT-B/16 (config: model.pretrained) holds its towers: nothing is fetched."""
+    from irra_core.checkpoint import save_checkpoint
+    from irra_core.config import save_config
+    from irra_core.model import build_model
+    from irra_core.viz.inspect import checkpoint_data, load_run
+
+    cfg = load_config("irra-cpu", {"data.root": str(tmp_path / "data")}, smoke=True)
+    model = build_model(cfg, num_classes=5)
+    paper = load_config("irra-cpu", {"data.root": str(tmp_path / "data"), "model.pretrained": "ViT-B/16"}, smoke=True)
+    paper.model.pretrained = "ViT-B/16"  # what a `paper` run's config.yaml says
+    run = tmp_path / "paper_run"
+    (run / "checkpoints").mkdir(parents=True)
+    save_config(paper, run / "config.yaml")
+    save_checkpoint(run / "checkpoints" / "best.pt", model=model, optimizer=None, scheduler=None, scaler=None,
+                    epoch=1, iteration=1, config=paper.to_dict())
+    monkeypatch.setenv("IRRA_OFFLINE", "1")
+    monkeypatch.setenv("IRRA_CLIP_CACHE", str(tmp_path / "empty_cache"))
+    loaded = load_run(run, overrides=checkpoint_data("synthetic", str(tmp_path / "data"), smoke=True))
+    assert any("ViT-B/16" in n and "ignored" in n for n in loaded.model.load_report.notes)
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.model.state_dict()[key], value)
