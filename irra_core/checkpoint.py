@@ -107,7 +107,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         keys = sorted(state)[:10] if isinstance(state, dict) else type(state).__name__
         raise ValueError(f"{path}: not an irra-workbook training checkpoint (format "
                          f"{state.get('format') if isinstance(state, dict) else None!r}, holds {keys}); "
-                         f"IRRA/PHP .pth files load with irra_core.model.load_reference_run")
+                         f"IRRA/PHP .pth files and other layouts load with irra_core.model.load_model")
     return state
 
 

@@ -70,6 +70,9 @@ class DataConfig:
 class ModelConfig:
     arch: str = "irra"  # irra | php
     pretrained: str = ""  # "" = random init; an OpenAI name ("ViT-B/16") or a file path
+    # fine-tune from a checkpoint (workbook run, IRRA/PHP log folder or .pth): towers and heads that fit are
+    # loaded, the rest starts fresh; replaces `pretrained` (irra_core.model.load, init_report.json)
+    init_from: str = ""
     embed_dim: int = 512
     vision_width: int = 768
     vision_layers: int = 12

@@ -294,6 +294,7 @@ def _fit(cfg: Config, run_dir: Path, callbacks: list, resume: bool, dataset: Any
     device = resolve_device(cfg.train.device, dist_info)
     _check_precision(cfg, device)
     main = dist_info.is_main
+    init_notes = _resolve_init(cfg, run_dir, resume)
     # the main process creates (or checks) the folder first, so the others never see it half-made
     if main:
         run = RunDir.open(run_dir, cfg, resume=resume)
@@ -327,6 +328,13 @@ def _fit(cfg: Config, run_dir: Path, callbacks: list, resume: bool, dataset: Any
         from irra_core.model import build_model
 
         model = build_model(cfg, dataset.num_classes)
+    if cfg.model.init_from and not (resume and run.last_checkpoint.exists()):  # resuming wins over init
+        from irra_core.model.load import init_from_checkpoint
+
+        report = init_from_checkpoint(model, cfg.model.init_from, notes=init_notes)
+        if main:
+            report.write(run.path / "init_report.json")
+            print(report.summary())
     model.to(device)
     optimizer = build_optimizer(model, cfg.optim)
     seed_everything(cfg.train.seed + dist_info.rank)
@@ -468,6 +476,18 @@ def _fit(cfg: Config, run_dir: Path, callbacks: list, resume: bool, dataset: Any
                      last_epoch=metrics.get("last", {}).get("epoch", state.epoch),
                      best_checkpoint=run.best_checkpoint if run.best_checkpoint.exists() else None,
                      last_checkpoint=run.last_checkpoint, log=run.read_log(), model=model)
+
+
+def _resolve_init(cfg: Config, run_dir: Path, resume: bool) -> list[str]:
+    """Fine-tuning (``model.init_from``): give ``cfg`` the checkpoint's sizes before the run folder is opened."""
+    if not cfg.model.init_from:
+        return []
+    from irra_core.model.load import resolve_init_config
+
+    saved = None
+    if resume and (run_dir / "config.yaml").exists():
+        saved = RunDir(run_dir).load_config()
+    return resolve_init_config(cfg, saved=saved)
 
 
 def _any_rank(flag: bool, device: torch.device) -> bool:

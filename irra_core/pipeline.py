@@ -9,6 +9,7 @@ root as working directory, and ends with a summary of where everything is and th
     python -m irra_core.pipeline --from 10 --to 21 --override optim.lr=1e-4 --param EPOCHS=3
     python -m irra_core.pipeline --run-name my-run --resume    # skips the notebooks that finished
     python -m irra_core.pipeline --list                        # notebooks and their parameters
+    python -m irra_core.pipeline --checkpoint logs/CUHK-PEDES/irra/  # evaluate + inspect a released model
 
 Papermill only *warns* about a parameter a notebook does not declare; here such a name is an error,
 checked with ``papermill.inspect_notebook`` before anything runs, as are the config overrides and the
@@ -262,12 +263,13 @@ def run_pipeline(*, dataset: str = "synthetic", data_root: str | Path | None = N
                  smoke: bool = False, device: str = "auto", seed: int = 1,
                  notebooks_dir: str | Path | None = None, runs_dir: str | Path | None = None,
                  kernel: str | None = None, cell_timeout: int | None = None, stream: bool = True,
-                 echo: Callable[[str], None] = print) -> PipelineResult:
+                 echo: Callable[[str], None] = print, checkpoint: str | Path | None = None) -> PipelineResult:
     """Execute the selected numbered notebooks into ``<runs_dir>/<run_name>/notebooks/``.
 
     Args mirror the command-line flags (see ``python -m irra_core.pipeline --help``); ``params`` are
     notebook-specific parameters (``--param``), ``overrides`` dotted config keys merged into each
-    notebook's ``OVERRIDES``. ``stream`` echoes the notebooks' stdout/stderr (training progress lines)
+    notebook's ``OVERRIDES``. ``checkpoint`` (``--checkpoint``) runs the evaluation and inspection notebooks on
+    an existing checkpoint without training (:func:`checkpoint_notebooks`). ``stream`` echoes the notebooks' stdout/stderr (training progress lines)
     to this process's terminal.
 
     Returns:
@@ -305,6 +307,8 @@ def run_pipeline(*, dataset: str = "synthetic", data_root: str | Path | None = N
     if device not in DEVICES and not re.fullmatch(r"cuda:\d+", device):
         raise PipelineError(f"--device {device!r} is not one of {list(DEVICES)} or 'cuda:N'")
 
+    if checkpoint:
+        only, extra["CHECKPOINT_PATH"] = checkpoint_notebooks(checkpoint, only, start, stop)
     notebooks = select_notebooks(discover_notebooks(notebooks_dir), only, start, stop)
     if not notebooks:
         raise PipelineError(f"no notebook selected (folder {notebooks_dir or 'notebooks'}, --only {only!r}, "
@@ -316,7 +320,7 @@ def run_pipeline(*, dataset: str = "synthetic", data_root: str | Path | None = N
     if resume and not run_name:
         existing = sorted(p.name for p in runs_root.glob("*") if (p / STATE_FILE).exists()) if runs_root.is_dir() else []
         raise PipelineError("--resume needs --run-name" + (f" (the latest run is {existing[-1]!r})" if existing else ""))
-    run_name = run_name or default_run_name(preset, dataset, smoke=smoke)
+    run_name = run_name or default_run_name(preset, dataset, smoke=smoke) + ("_checkpoint" if checkpoint else "")
     if Path(run_name).name != run_name or run_name in (".", ".."):
         raise PipelineError(f"--run-name {run_name!r} must be a plain folder name")
     run_dir = runs_root / run_name
@@ -433,6 +437,29 @@ def _preflight(dataset: str, data_root: str | Path | None, preset: str, override
         from irra_core.data.parsers import resolve_dataset_dir
 
         resolve_dataset_dir(dataset, root)
+#: the notebooks ``--checkpoint`` runs: evaluation and inspection; expert routing and the leak audit for PHP only
+CHECKPOINT_NOTEBOOKS = {"irra": ("20", "30", "31", "33"), "php": ("20", "30", "31", "32", "33", "40")}
+
+
+def checkpoint_notebooks(checkpoint: str | Path, only=None, start=None, stop=None) -> tuple[Any, str]:
+    """``--checkpoint PATH``: the notebook selection (``only``) and the absolute path for ``CHECKPOINT_PATH``.
+
+    Without ``--only`` / ``--from`` / ``--to`` the selection is :data:`CHECKPOINT_NOTEBOOKS` for the checkpoint's
+    architecture (read from its weights); nothing is trained.
+
+    Raises:
+        PipelineError: the checkpoint does not exist or cannot be read (the message names it).
+    """
+    from irra_core.model.load import read_checkpoint
+
+    path = Path(checkpoint).expanduser().resolve()
+    try:
+        arch = read_checkpoint(path).arch
+    except (FileNotFoundError, ValueError) as exc:
+        raise PipelineError(f"--checkpoint: {exc}") from exc
+    if only is None and start is None and stop is None:
+        only = list(CHECKPOINT_NOTEBOOKS[arch])
+    return only, str(path)
 
 
 def format_summary(result: PipelineResult) -> str:
@@ -510,6 +537,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--kernel", default=None, help=f"Jupyter kernel (default IRRA_KERNEL or {DEFAULT_KERNEL})")
     parser.add_argument("--cell-timeout", type=int, default=None, help="seconds any one cell may run")
     parser.add_argument("--quiet", action="store_true", help="do not echo the notebooks' output")
+    parser.add_argument("--checkpoint", default=None, metavar="PATH",
+                        help="evaluate and inspect an existing checkpoint without training (a workbook run folder, "
+                             "an IRRA/PHP log folder with configs.yaml + best.pth, or a .pth/.pt file): notebooks "
+                             "20, 30, 31, 33 (and 32, 40 for PHP) on --dataset")
     parser.add_argument("--list", action="store_true", help="list the notebooks and their parameters, run nothing")
     return parser
 
@@ -547,7 +578,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
                               start=args.start, stop=args.stop, resume=args.resume, smoke=args.smoke,
                               device=args.device, seed=args.seed, notebooks_dir=args.notebooks_dir,
                               runs_dir=args.runs_dir, kernel=args.kernel, cell_timeout=args.cell_timeout,
-                              stream=not args.quiet)
+                              stream=not args.quiet, checkpoint=args.checkpoint)
     except NotebookFailed as exc:
         print(f"\nirra_core.pipeline: error: {exc}", file=sys.stderr)
         return 1

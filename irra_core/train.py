@@ -58,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     ours.add_argument("--smoke", action="store_true",
                       help="tiny sizes (towers, images, steps) on the first identities of the dataset named, "
                            "or on a tiny synthetic set when none is named")
+    ours.add_argument("--finetune", metavar="PATH",
+                      help="start from a checkpoint (workbook run folder, IRRA/PHP log folder with configs.yaml + "
+                           "best.pth, or a .pth/.pt file): model.init_from; the load report goes to init_report.json")
     ours.add_argument("--debug", action="store_true", help="show the traceback of expected errors too")
     ours.add_argument("--run_dir", help="exact run folder (default: <output_dir>/<time>_<name>_s<seed>)")
     ours.add_argument("--dry_run", action="store_true", help="print the resolved config as YAML and exit")
@@ -106,7 +109,7 @@ def config_from_argv(argv: Sequence[str] | None = None) -> tuple[Config, argpars
     """
     parser = build_parser()
     args = parser.parse_args(argv)
-    ours = {"preset", "config", "overrides", "smoke", "run_dir", "dry_run", "debug"}
+    ours = {"preset", "config", "overrides", "smoke", "run_dir", "dry_run", "debug", "finetune"}
     reference = {k: v for k, v in vars(args).items() if k not in ours}
     if args.preset and args.config:
         raise ConfigError("--preset and --config both given; choose one (a YAML file may name its 'base' preset)")
@@ -122,6 +125,11 @@ def config_from_argv(argv: Sequence[str] | None = None) -> tuple[Config, argpars
         for section, values in smoke.items():
             for attr, value in values.items():
                 set_value(cfg, f"{section}.{attr}", value, source="smoke preset")
+    if args.finetune:
+        if not Path(args.finetune).expanduser().exists():
+            raise ConfigError(f"--finetune {args.finetune}: no such file or folder; pass a workbook run folder, an "
+                              f"IRRA/PHP log folder (configs.yaml + best.pth) or a .pth/.pt file")
+        set_value(cfg, "model.init_from", str(Path(args.finetune).expanduser().resolve()), source="--finetune")
     for item in args.overrides:
         key, value = _parse_override(item)
         set_value(cfg, key, value, source=f"--set {item}")

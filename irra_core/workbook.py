@@ -102,15 +102,16 @@ def headline_metrics(evaluations: Mapping[str, Mapping[str, Mapping]], selected:
 
     Args:
         evaluations: ``{model: {"best": {"t2i", "i2t"}, "last": {...}}}`` (test split, percent); ``best``
-            is absent for a run without one (:func:`run_checkpoints`).
-        selected: ``{model: "best" | "last"}`` (:func:`selected_checkpoint` of each training run).
+            is absent for a run without one (:func:`run_checkpoints`); an existing checkpoint evaluated without
+            training (``pipeline --checkpoint``) has one entry, ``"checkpoint"``.
+        selected: ``{model: "best" | "last" | "checkpoint"}`` (:func:`selected_checkpoint` of each training run).
         headline: the model whose selected checkpoint gives the top-level ``t2i`` / ``i2t``; the first
             evaluated model when it is absent.
     """
     if not evaluations:
         raise PipelineError("no evaluated model: train one first (notebooks 10_train_irra / 11_train_php)")
     chosen = headline if headline in evaluations else next(iter(evaluations))
-    models = {m: {**{which: dict(e[which]) for which in ("best", "last") if which in e}, "selected": selected[m]}
+    models = {m: {**{which: dict(v) for which, v in e.items()}, "selected": selected[m]}
               for m, e in evaluations.items()}
     top = models[chosen][models[chosen]["selected"]]
     return {"t2i": dict(top["t2i"]), "i2t": dict(top["i2t"]), "headline": f"{chosen} ({models[chosen]['selected']})",

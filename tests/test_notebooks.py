@@ -45,6 +45,7 @@ EXPECTED: dict[str, dict[str, list[str]]] = {
     "32_expert_routing": {"files": [], "figures": ["32_expert_load", "32_routing_entropy", "32_patch_experts",
                                                    "32_word_experts", "32_aux_vs_floor", "32_routing_drift",
                                                    "32_aux_over_training", "32_explorer"]},
+    "33_search_your_photos": {"files": ["search/results.csv", "search/unreadable.csv"], "figures": ["33_search"]},
     "40_leak_audit": {"files": ["leak_audit.json", "php-batch-efp/metrics.json"], "figures": ["40_leak_audit"]},
 }
 
@@ -145,6 +146,37 @@ def check_leak_audit(run_dir: Path) -> None:
     assert audit["php"]["flagged"] is False, "per-sample EFP must be batch-invariant"
 
 
+def check_search(run_dir: Path) -> None:
+    import pandas as pd
+
+    table = pd.read_csv(run_dir / "search" / "results.csv")
+    assert table["query"].nunique() == 2 and (table.groupby("query")["rank"].max() == 5).all()
+    assert table.groupby("query")["score"].apply(lambda s: s.is_monotonic_decreasing).all()
+
+
 CHECKS = {"00_environment_check": check_environment, "01_prepare_data": check_prepare,
           "02_explore_data": check_explore, "10_train_irra": check_training("irra"),
-          "11_train_php": check_training("php"), "20_evaluate": check_evaluate, "40_leak_audit": check_leak_audit}
+          "11_train_php": check_training("php"), "20_evaluate": check_evaluate, "33_search_your_photos": check_search,
+          "40_leak_audit": check_leak_audit}
+
+
+@pytest.mark.notebooks
+@pytest.mark.slow
+def test_pipeline_on_a_released_irra_checkpoint(reference_dir, tmp_path):
+    """``pipeline --checkpoint``: IRRA's released layout (configs.yaml + best.pth) evaluated and inspected on a
+    synthetic smoke set without training: notebooks 20, 30, 31, 33."""
+    result = run_pipeline(checkpoint=reference_dir / "irra_tiny", smoke=True, data_root=tmp_path / "data",
+                          runs_dir=tmp_path / "runs", run_name="ckpt", stream=False, cell_timeout=600)
+    assert [r.name for r in result.notebooks] == ["20_evaluate", "30_retrieval_gallery", "31_attention_maps",
+                                                  "33_search_your_photos"]
+    assert result.ok
+    run_dir = tmp_path / "runs" / "ckpt"
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["models"]["irra"]["selected"] == "checkpoint" and metrics["headline"] == "irra (checkpoint)"
+    assert_metrics(metrics, "checkpoint metrics.json")
+    assert (run_dir / "checkpoint" / "eval" / "checkpoint_test" / "queries.csv").exists()
+    assert not (run_dir / "irra").exists()  # nothing trained
+    for stem in ("20_metrics", "30_topk_irra", "31_rollout_irra", "31_text_to_patch_irra", "33_search"):
+        assert_png(run_dir / "figures" / f"{stem}.png")
+    state = json.loads((run_dir / "pipeline.json").read_text())
+    assert state["extra_parameters"]["CHECKPOINT_PATH"] == str((reference_dir / "irra_tiny").resolve())

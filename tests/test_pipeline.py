@@ -187,3 +187,15 @@ def test_headline_metrics_take_the_selected_checkpoint_of_php():
     assert only_irra["t2i"] == {"R1": 40.0}  # PHP not trained: the first evaluated model
     with pytest.raises(PipelineError, match="no evaluated model"):
         helpers.headline_metrics({}, {})
+
+
+def test_checkpoint_selects_the_evaluation_and_inspection_notebooks(reference_dir, tmp_path):
+    only, path = pipeline.checkpoint_notebooks(reference_dir / "irra_tiny")
+    assert only == ["20", "30", "31", "33"] and path == str((reference_dir / "irra_tiny").resolve())
+    only, _ = pipeline.checkpoint_notebooks(reference_dir / "php_tiny" / "best.pth")
+    assert only == ["20", "30", "31", "32", "33", "40"]
+    assert pipeline.checkpoint_notebooks(reference_dir / "irra_tiny", only="30")[0] == "30"  # --only wins
+    with pytest.raises(PipelineError, match="missing.pth"):
+        pipeline.checkpoint_notebooks(tmp_path / "missing.pth")
+    args = pipeline.build_parser().parse_args(["--checkpoint", "x.pth"])
+    assert args.checkpoint == "x.pth"

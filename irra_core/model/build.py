@@ -13,20 +13,10 @@ from torch import nn
 from irra_core.config import Config
 from irra_core.model.architectures import create_model
 from irra_core.model.clip import CLIPConfig
-from irra_core.model.clip_state import clip_config_from_state_dict
+from irra_core.model.clip_state import clip_config_from_cfg, clip_config_from_state_dict
 from irra_core.model.precision import apply_precision
 
 __all__ = ["build_model", "clip_config_from_cfg"]
-
-
-def clip_config_from_cfg(cfg: Config) -> CLIPConfig:
-    """Tower sizes of a randomly initialised model (``cfg.model`` sizes, context = ``cfg.data.text_length``)."""
-    m = cfg.model
-    return CLIPConfig(
-        embed_dim=m.embed_dim, image_resolution=tuple(cfg.data.img_size), vision_layers=m.vision_layers,
-        vision_width=m.vision_width, vision_patch_size=m.patch_size, stride_size=m.stride_size,
-        context_length=cfg.data.text_length, vocab_size=m.vocab_size, transformer_width=m.text_width,
-        transformer_heads=m.text_heads, transformer_layers=m.text_layers, vision_heads=m.vision_heads)
 
 
 def build_model(cfg: Config, num_classes: int) -> nn.Module:
@@ -41,7 +31,7 @@ def build_model(cfg: Config, num_classes: int) -> nn.Module:
         ``ARCHITECTURES[cfg.model.arch]`` of :mod:`irra_core.model.architectures`) in training mode, weights in ``cfg.model.precision``'s
         layout (``legacy_fp16``: IRRA's fp16 conversion; autocast modes keep float32 weights).
     """
-    if cfg.model.pretrained:
+    if cfg.model.pretrained and not cfg.model.init_from:  # init_from holds the towers (model/load.py)
         from irra_core.model.pretrained import load_clip_state_dict, load_clip_weights
 
         state = load_clip_state_dict(cfg.model.pretrained)

@@ -1,20 +1,25 @@
-"""CLIP state dicts -> tower sizes, and the positional-embedding resize IRRA applies when loading CLIP weights.
+"""CLIP state dicts -> tower sizes, the positional-embedding resize IRRA applies when loading CLIP weights, the
+tower sizes of a configuration, and the check that a state dict fits a module (every mismatch listed).
 
 Used by every loader of CLIP weights (:mod:`irra_core.model.build`, :mod:`irra_core.model.pretrained`,
-:mod:`irra_core.model.reference`); the towers themselves are in :mod:`irra_core.model.clip`.
+:mod:`irra_core.model.load`); the towers themselves are in :mod:`irra_core.model.clip`.
 """
 from __future__ import annotations
 
 import math
 import re
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from irra_core.model.clip import CLIPConfig
 
-__all__ = ["clip_config_from_state_dict", "interpolate_positional_embedding"]
+if TYPE_CHECKING:
+    from irra_core.config import Config
+
+__all__ = ["clip_config_from_state_dict", "clip_config_from_cfg", "interpolate_positional_embedding", "check_state_dict"]
 
 _BLOCK_KEY = re.compile(r"^(visual\.)?transformer\.resblocks\.(\d+)\.attn\.in_proj_weight$")
 
@@ -81,3 +86,27 @@ def interpolate_positional_embedding(posemb: torch.Tensor, grid: tuple[int, int]
     image = F.interpolate(image, size=tuple(grid), mode="bilinear", align_corners=False)
     patches = image.permute(0, 2, 3, 1).reshape(grid[0] * grid[1], -1)
     return torch.cat([cls.float(), patches], dim=0).to(dtype)
+
+
+def clip_config_from_cfg(cfg: Config) -> CLIPConfig:
+    """Tower sizes of a randomly initialised model (``cfg.model`` sizes, context = ``cfg.data.text_length``)."""
+    m = cfg.model
+    return CLIPConfig(
+        embed_dim=m.embed_dim, image_resolution=tuple(cfg.data.img_size), vision_layers=m.vision_layers,
+        vision_width=m.vision_width, vision_patch_size=m.patch_size, stride_size=m.stride_size,
+        context_length=cfg.data.text_length, vocab_size=m.vocab_size, transformer_width=m.text_width,
+        transformer_heads=m.text_heads, transformer_layers=m.text_layers, vision_heads=m.vision_heads)
+
+
+def check_state_dict(module: nn.Module, state: Mapping[str, torch.Tensor], *, source: str) -> None:
+    """Raise ValueError listing every missing, unexpected or mis-shaped key of ``state`` for ``module``."""
+    expected = module.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    shapes = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(v.shape)}"
+              for k, v in expected.items() if k in state and tuple(state[k].shape) != tuple(v.shape)]
+    if missing or unexpected or shapes:
+        def block(title: str, items: list[str]) -> str:
+            return f"\n  {title} ({len(items)}):\n    " + "\n    ".join(items) if items else ""
+        raise ValueError(f"{source} does not fit the model:" + block("missing keys", missing)
+                         + block("unexpected keys", unexpected) + block("shape mismatches", shapes))

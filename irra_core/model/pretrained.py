@@ -4,8 +4,9 @@
 else ``<$IRRA_CACHE or ~/.cache/irra_workbook>/clip``) and in ``<data root>/pretrained/``, verifies its
 SHA-256 (the hex folder name of OpenAI's URL), and otherwise downloads it atomically into the cache.
 ``IRRA_OFFLINE=1`` forbids the download; offline, the error names the file, its URL and where to put it.
-A path instead of a name loads that file: an OpenAI TorchScript archive or a plain state dict (read with
-``weights_only=True``). Only ViT models are supported (the towers here are ViTs).
+A path instead of a name loads that file: an OpenAI TorchScript archive, a plain state dict (read with
+``weights_only=True``), or an IRRA/PHP checkpoint whose backbone (``base_model.*``) is taken (``model.init_from``
+keeps its heads too). Only ViT models are supported (the towers here are ViTs).
 """
 from __future__ import annotations
 
@@ -133,8 +134,10 @@ def _read_weights(path: Path) -> dict[str, torch.Tensor]:
         except pickle.UnpicklingError as exc:
             raise PretrainedError(f"{path}: refused - it needs arbitrary unpickling (weights_only=True failed: "
                                   f"{str(exc).strip().splitlines()[0]}); re-save its state dict.") from exc
-        if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-            state = state["state_dict"]
+        for wrapper in ("state_dict", "model"):  # {"state_dict": sd}; IRRA/PHP checkpoints: {"model": sd}
+            if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
+                state = state[wrapper]
+                break
     if not isinstance(state, dict):
         raise PretrainedError(f"{path}: expected a TorchScript archive or a state dict, got {type(state).__name__}")
     return {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
@@ -155,6 +158,8 @@ def load_clip_state_dict(name_or_path: str | Path) -> dict[str, torch.Tensor]:
             raise PretrainedError(f"pretrained weights {text!r}: neither an OpenAI model name "
                                   f"({available_models()}) nor an existing file")
     state = _read_weights(path)
+    if "visual.conv1.weight" not in state:  # an IRRA/PHP checkpoint: its backbone (use model.init_from for heads)
+        state = {k[len("base_model."):]: v for k, v in state.items() if k.startswith("base_model.")} or state
     return {k: v for k, v in state.items() if k not in _NON_TOWER_KEYS}
 
 
@@ -178,7 +183,7 @@ def load_clip_weights(clip: nn.Module, state: dict, *, source: str) -> None:
         ValueError: keys missing, unexpected or of the wrong shape (every one is listed).
     """
     from irra_core.model.clip_state import interpolate_positional_embedding
-    from irra_core.model.reference import check_state_dict
+    from irra_core.model.clip_state import check_state_dict
 
     state = dict(state)
     grid = clip.visual.grid

@@ -1,7 +1,7 @@
-"""Glue for the inspection notebooks: a trained run folder -> model, split, gallery features, per-query table.
+"""Glue for the inspection notebooks: a checkpoint -> model, split, gallery features, per-query table.
 
-:func:`load_run` reads ``config.yaml`` and ``checkpoints/<which>.pt`` of a training run folder (written by
-``irra_core.engine.fit``), rebuilds the model, encodes the test gallery and captions once, and keeps the
+:func:`load_run` reads any checkpoint through :func:`irra_core.model.load.load_model` (a training run folder
+written by ``irra_core.engine.fit``, an IRRA/PHP log folder or a .pth file), rebuilds the model, encodes the test gallery and captions once, and keeps the
 per-query table (``queries.csv`` from ``evaluate`` when present, else recomputed with the same exact ranking).
 :class:`InspectRun` is what the plotting functions and the explorers work from; tests build one directly
 from a small model and a synthetic split.
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -151,60 +151,74 @@ def find_queries_csv(run_dir: Path, tag: str, split: dict) -> Path | None:
     return None
 
 
-def _selected_last_without_best(run_dir: Path) -> bool:
-    """True for a run that had no validation split: ``metrics.json`` has no best and selected the last epoch."""
-    path = run_dir / "metrics.json"
-    if (run_dir / "checkpoints" / "best.pt").exists() or not path.exists():
-        return False
-    from irra_core.io_utils import read_json
-
-    metrics = read_json(path, "run metrics")
-    return not metrics.get("best") and (metrics.get("selection") or {}).get("policy") == "last"
-
-
 def load_run(run_dir: str | Path, checkpoint: str = "best", *, split: str = "test", device: str = "cpu",
-             name: str | None = None, dataset=None) -> InspectRun:
-    """Rebuild a trained model from a run folder for inspection.
+             name: str | None = None, dataset=None, overrides: Mapping[str, object] | None = None,
+             work_dir: str | Path | None = None) -> InspectRun:
+    """Load any checkpoint for inspection: a workbook run folder, an IRRA/PHP log folder or a .pth/.pt file.
+
+    The model comes from :func:`irra_core.model.load.load_model` (sizes from the weights, nothing downloaded: a
+    ``paper`` run never asks for ViT-B/16); ``load_report`` on the model says what was read.
 
     Args:
-        run_dir: a training run folder (``config.yaml``, ``checkpoints/<checkpoint>.pt``).
-        checkpoint: ``best`` | ``last`` (or any file stem under ``checkpoints/``).
+        run_dir: the checkpoint source (a training run folder: ``config.yaml``, ``checkpoints/<checkpoint>.pt``).
+        checkpoint: ``best`` | ``last``.
         split: ``test`` | ``val``.
         device: where the model runs.
         dataset: an already built ``PedesDataset`` (saves re-parsing when loading several runs).
+        overrides: dotted overrides of the loaded configuration: the dataset to inspect on (``{"data.dataset":
+            "CUHK-PEDES", "data.root": "/data"}``, see :func:`checkpoint_data`; default the checkpoint's own) or a
+            model switch (``{"model.efp_attention": "batch"}``).
+        work_dir: folder for the embedding cache and ``eval/*/queries.csv`` (default: ``run_dir`` when it is a
+            workbook run folder, else none).
 
     Raises:
-        FileNotFoundError: the folder, its config or the checkpoint is missing (the message says which
-            notebook writes it).
+        FileNotFoundError: the folder or checkpoint is missing (the message names it and which notebook writes it).
     """
-    from irra_core.config import load_config
-    from irra_core.model import build_model
+    from irra_core.model.load import load_model
 
     run_dir = Path(run_dir)
-    if checkpoint == "best" and _selected_last_without_best(run_dir):
-        print(f"{run_dir.name}: no best.pt (the run selected its last epoch, see metrics.json 'selection'); "
-              f"loading last.pt")
-        checkpoint = "last"
-    cfg_path, ckpt_path = run_dir / "config.yaml", run_dir / "checkpoints" / f"{checkpoint}.pt"
-    for path in (cfg_path, ckpt_path):
-        if not path.exists():
-            raise FileNotFoundError(f"{path} is missing: train this run first (notebooks 10_train_irra / 11_train_php)")
-    cfg = load_config(cfg_path)
+    if run_dir.is_dir() and (run_dir / "config.yaml").exists() and not (run_dir / "checkpoints").is_dir():
+        raise FileNotFoundError(f"{run_dir / 'checkpoints'} is missing: train this run first "
+                                f"(notebooks 10_train_irra / 11_train_php)")
+    if not run_dir.exists():
+        raise FileNotFoundError(f"{run_dir} is missing: train this run first (notebooks 10_train_irra / "
+                                f"11_train_php), or pass an existing checkpoint")
+    model = load_model(run_dir, checkpoint=checkpoint, device=device, **dict(overrides or {}))
+    cfg = model.cfg
     if dataset is None:
         from irra_core.data import prepare_dataset
 
         dataset = prepare_dataset(cfg)
-    model = build_model(cfg, dataset.num_classes)
-    from irra_core.checkpoint import load_checkpoint
-
-    model.load_state_dict(load_checkpoint(ckpt_path)["model"])  # weights-only unpickling, format checked
-    model.to(device).eval()
+    is_run = model.load_report.kind == "workbook-run" and run_dir.is_dir()
+    work = Path(work_dir) if work_dir is not None else (run_dir if is_run else None)
     split_dict = getattr(dataset, split)
-    queries_csv = find_queries_csv(run_dir, checkpoint, split_dict)
-    return InspectRun(name=name or f"{run_dir.name}/{checkpoint}", model=model, split=split_dict,
+    queries_csv = find_queries_csv(work, checkpoint if is_run else "checkpoint", split_dict) if work else None
+    label = name or (f"{run_dir.name}/{checkpoint}" if run_dir.is_dir() else run_dir.name)
+    return InspectRun(name=label, model=model, split=split_dict,
                       img_size=tuple(cfg.data.img_size), text_length=cfg.data.text_length, device=device,
-                      batch_size=cfg.data.test_batch_size, run_dir=run_dir, cfg=cfg, split_name=split,
+                      batch_size=cfg.data.test_batch_size, run_dir=work, cfg=cfg, split_name=split,
                       queries=retrieval.read_queries(queries_csv) if queries_csv else None)
+
+
+def checkpoint_data(dataset: str, data_root: str, overrides: Mapping[str, object] | None = None, *,
+                    smoke: bool = False) -> dict:
+    """The ``data.*`` overrides that evaluate an existing checkpoint on a notebook's dataset.
+
+    Model-bound data fields (image size, text length) stay the checkpoint's; the dataset, its root, the
+    synthetic generator's sizes (the smoke preset's with ``smoke``), and any ``data.*`` key of ``overrides``
+    (the notebook's ``OVERRIDES``) come from the notebook.
+    """
+    import yaml
+
+    from irra_core.config import PRESET_DIR
+
+    values: dict = {"data.dataset": dataset, "data.root": str(data_root)}
+    if smoke:
+        smoke_data = (yaml.safe_load((PRESET_DIR / "smoke.yaml").read_text()) or {}).get("data", {})
+        values.update({f"data.{k}": v for k, v in smoke_data.items()
+                       if k.startswith("synthetic_") or k in ("test_batch_size", "num_workers")})
+    values.update({k: v for k, v in dict(overrides or {}).items() if k.startswith("data.")})
+    return values
 
 
 def decode_tokens(ids: torch.Tensor) -> list[str]:
@@ -367,12 +381,25 @@ def collect_routing(run: InspectRun, limit: int | None = None) -> list[dict]:
 
 
 def load_runs(run_dir: str | Path, checkpoint: str = "best", *, device: str = "cpu",
-              models: Sequence[str] = ("irra", "php")) -> dict[str, InspectRun]:
+              models: Sequence[str] = ("irra", "php"), checkpoint_path: str | Path = "",
+              overrides: Mapping[str, object] | None = None) -> dict[str, InspectRun]:
     """Load the trained models of a workbook run (``<run_dir>/irra``, ``<run_dir>/php``) that exist.
 
-    Missing ones are reported by name; none at all is an error naming the notebooks that train them.
+    Missing ones are reported by name; none at all is an error naming the notebooks that train them. With
+    ``checkpoint_path`` (the notebooks' ``CHECKPOINT_PATH``, ``pipeline --checkpoint``) that checkpoint is loaded
+    instead, named by its architecture (``irra`` | ``php``), with ``overrides`` (:func:`checkpoint_data`) and
+    its cache under ``<run_dir>/checkpoint/``; an architecture not in ``models`` is an error.
     """
     run_dir = Path(run_dir)
+    if checkpoint_path:
+        run = load_run(checkpoint_path, checkpoint, device=device, overrides=overrides,
+                       work_dir=run_dir / "checkpoint")
+        arch = run.cfg.model.arch
+        run.name = f"{arch} ({Path(checkpoint_path).name})"
+        if arch not in models:
+            raise ValueError(f"{checkpoint_path} is a {arch} model; this notebook needs {list(models)}")
+        print(run.model.load_report.summary())
+        return {arch: run}
     found = {m: run_dir / m for m in models if (run_dir / m / "config.yaml").exists()}
     missing = [m for m in models if m not in found]
     if not found:
@@ -382,4 +409,3 @@ def load_runs(run_dir: str | Path, checkpoint: str = "best", *, device: str = "c
         print(f"not trained in {run_dir.name}: {missing} (their figures are left out)")
     return {name: load_run(folder, checkpoint, device=device, name=f"{name}/{checkpoint}")
             for name, folder in found.items()}
-

@@ -189,3 +189,56 @@ class RoutingExplorer(_Explorer):
         go.on_click(lambda _: self.set_caption(text.value))
         self._refresh()
         return w.VBox([w.HBox([image, layer]), w.HBox([text, go]), self._out])
+
+
+class PhotoSearchExplorer(_Explorer):
+    """Type a sentence; see your own photos ranked by it (notebook 33). The gallery is encoded once.
+
+    Args:
+        model: an eval-mode model (``model.cfg`` gives the crop size and token length).
+        gallery: an encoded :class:`irra_core.viz.photo_search.Gallery`.
+        sentences: the sentences shown first (one row each).
+        top_k: photos per sentence.
+    """
+
+    def __init__(self, model, gallery, sentences=("a person in a red coat",), top_k: int = 5,
+                 device: str = "cpu") -> None:
+        self.model, self.gallery, self.top_k, self.device = model, gallery, top_k, device
+        self.sentences = list(sentences)
+        self._out = None
+
+    def search(self, text) -> None:
+        """Rank the gallery for ``text`` (one sentence, or a list)."""
+        sentences = [text] if isinstance(text, str) else list(text)
+        if not sentences or any(not s.strip() for s in sentences):
+            raise ValueError("type a sentence describing a person")
+        self.sentences = [s.strip() for s in sentences]
+        self._refresh()
+
+    def table(self):
+        """The current ranking: ``query, rank, score, path`` (:func:`irra_core.viz.photo_search.rank_sentences`)."""
+        from irra_core.viz.photo_search import rank_sentences
+
+        cfg = self.model.cfg
+        return rank_sentences(self.model, self.gallery, self.sentences, top_k=self.top_k,
+                              context_length=cfg.data.text_length, device=self.device)
+
+    def render(self, fig: Figure | None = None) -> Figure:
+        from irra_core.viz.photo_search import plot_search
+
+        return plot_search(self.table(), self.model.cfg.data.img_size, top_k=self.top_k,
+                           title=f"{len(self.gallery.paths)} photos under {self.gallery.root.name}")
+
+    def widget(self):
+        """An ipywidgets box: a sentence box and a search button; the ranked photos below."""
+        import ipywidgets as w
+
+        text = w.Text(value=self.sentences[0], placeholder="a woman in a red coat carrying a black backpack",
+                      description="sentence", layout=w.Layout(width="60%"))
+        go = w.Button(description="search")
+        self._out = w.Output()
+        go.on_click(lambda _: self.search(text.value))
+        text.continuous_update = False
+        text.observe(lambda ch: self.search(ch["new"]) if ch["new"].strip() else None, names="value")
+        self._refresh()
+        return w.VBox([w.HBox([text, go]), self._out])
