@@ -167,3 +167,64 @@ def leak_audit(
     return LeakAuditReport(runs=runs, metric_spread=spread, max_embedding_diff=max_diff, flagged=bool(reasons),
                            reasons=reasons, tolerance=tolerance, metric_tolerance=metric_tolerance,
                            num_queries=len(reference.q_pids), num_gallery=len(reference.g_pids))
+
+
+def rescoring_audit(q_feats: torch.Tensor, g_feats: torch.Tensor, *, bank_feats: Optional[torch.Tensor] = None,
+                    methods: Optional[Sequence[str]] = None, params: Optional[dict] = None, num_probe: int = 20,
+                    seed: int = 0):
+    """Which re-scoring methods rank a query differently when *other* test queries change?
+
+    A fixed set of ``num_probe`` probe queries is re-scored (:func:`irra_core.evaluation.rescoring.rescore`)
+    together with all test queries, then together with each half of the other queries (a seeded random
+    split). A method whose probe rankings (the full stable order of the gallery) change reads other test
+    queries: it is transductive, whatever its label says. The gallery and the training bank stay fixed.
+
+    Args:
+        q_feats: (Q, D) and g_feats: (G, D) features of the test split (normalised here); Q > num_probe + 1.
+        bank_feats: (B, D) training-caption features for ``qb_norm`` (left out of the audit when None).
+        methods: default every method of :data:`~irra_core.evaluation.rescoring.METHODS`.
+        params: ``{method: keyword arguments}``.
+
+    Returns:
+        DataFrame indexed by method: ``transductive`` (the label), ``depends_on_other_queries`` (measured),
+        ``probes_reranked`` (share of probe queries whose ranking changed, percent), ``max_score_change``
+        and ``label_matches``.
+    """
+    import pandas as pd
+
+    from irra_core.evaluation.rescoring import METHODS, rescore
+
+    q = torch.nn.functional.normalize(q_feats.double(), dim=1)
+    g = torch.nn.functional.normalize(g_feats.double(), dim=1)
+    bank = torch.nn.functional.normalize(bank_feats.double(), dim=1) if bank_feats is not None else None
+    if methods is None:
+        methods = [m for m in METHODS if m != "qb_norm" or bank is not None]
+    num_q = len(q)
+    if num_q < num_probe + 2:
+        raise ValueError(f"rescoring_audit needs more than num_probe + 1 = {num_probe + 1} queries, got {num_q}")
+    order = torch.randperm(num_q, generator=torch.Generator().manual_seed(seed))
+    probe, others = order[:num_probe], order[num_probe:]
+    halves = (others[: len(others) // 2], others[len(others) // 2:])
+    rows = {}
+    for method in methods:
+        def probe_scores(keep: torch.Tensor) -> torch.Tensor:
+            rows_kept = torch.cat([probe, keep])
+            scores = rescore(method, q[rows_kept] @ g.T, q_feats=q[rows_kept], g_feats=g, bank_feats=bank,
+                             params=(params or {}).get(method))
+            return scores[:num_probe]
+
+        full = probe_scores(others)
+        full_order = torch.sort(full, dim=1, descending=True, stable=True).indices
+        changed = torch.zeros(num_probe, dtype=torch.bool)
+        score_change = 0.0
+        for half in halves:
+            other = probe_scores(half)
+            changed |= (torch.sort(other, dim=1, descending=True, stable=True).indices != full_order).any(dim=1)
+            score_change = max(score_change, float((other - full).abs().max()))
+        label = METHODS[method].transductive
+        rows[method] = {"transductive": label, "depends_on_other_queries": bool(changed.any()),
+                        "probes_reranked": 100.0 * float(changed.double().mean()), "max_score_change": score_change,
+                        "label_matches": bool(changed.any()) == label}
+    frame = pd.DataFrame.from_dict(rows, orient="index")
+    frame.index.name = "method"
+    return frame
