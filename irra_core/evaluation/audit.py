@@ -171,7 +171,7 @@ def leak_audit(
 
 def rescoring_audit(q_feats: torch.Tensor, g_feats: torch.Tensor, *, bank_feats: Optional[torch.Tensor] = None,
                     methods: Optional[Sequence[str]] = None, params: Optional[dict] = None, num_probe: int = 20,
-                    seed: int = 0):
+                    max_queries: Optional[int] = 400, seed: int = 0):
     """Which re-scoring methods rank a query differently when *other* test queries change?
 
     A fixed set of ``num_probe`` probe queries is re-scored (:func:`irra_core.evaluation.rescoring.rescore`)
@@ -184,6 +184,8 @@ def rescoring_audit(q_feats: torch.Tensor, g_feats: torch.Tensor, *, bank_feats:
         bank_feats: (B, D) training-caption features for ``qb_norm`` (left out of the audit when None).
         methods: default every method of :data:`~irra_core.evaluation.rescoring.METHODS`.
         params: ``{method: keyword arguments}``.
+        max_queries: audit on a seeded subset of this many test queries (the question is whether other
+            queries matter at all, not how much at full size; k-reciprocal costs O(N^2) memory); None: all.
 
     Returns:
         DataFrame indexed by method: ``transductive`` (the label), ``depends_on_other_queries`` (measured),
@@ -203,6 +205,8 @@ def rescoring_audit(q_feats: torch.Tensor, g_feats: torch.Tensor, *, bank_feats:
     if num_q < num_probe + 2:
         raise ValueError(f"rescoring_audit needs more than num_probe + 1 = {num_probe + 1} queries, got {num_q}")
     order = torch.randperm(num_q, generator=torch.Generator().manual_seed(seed))
+    if max_queries is not None:
+        order = order[:max(max_queries, num_probe + 2)]
     probe, others = order[:num_probe], order[num_probe:]
     halves = (others[: len(others) // 2], others[len(others) // 2:])
     rows = {}

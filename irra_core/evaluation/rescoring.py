@@ -162,29 +162,42 @@ def k_reciprocal_distance(dist: torch.Tensor, num_query: int, *, k1: int = 20, k
         return adjacent & adjacent.T
 
     full, half = reciprocal(k1 + 1), reciprocal(k_half + 1)
-    full_f, half_f = full.float(), half.float()
-    shared = full_f @ half_f.T  # shared[i, c] = |R(i, k1) & R(c, k1/2)| (exact integers in float32)
     half_size = half.sum(dim=1).double()
-    accept = full & (shared.double() > (2.0 / 3.0) * half_size.unsqueeze(0))
-    expanded = full | ((accept.float() @ half_f) > 0)
+    # R(i, k1) lies within i's k1 + 1 nearest, so work on those candidate slots only (no N x N x N products)
+    cand = nearest[:, :k1 + 1]
+    expanded = full.clone()
+    for start in range(0, n, chunk):
+        c = cand[start:start + chunk]  # (b, K)
+        in_r = full[start:start + chunk].gather(1, c)  # (b, K): the candidate is in R(i, k1)
+        shared = (half[c.unsqueeze(2), c.unsqueeze(1)] & in_r.unsqueeze(1)).sum(dim=2)  # |R(c, k1/2) & R(i, k1)|
+        accept = in_r & (shared.double() > (2.0 / 3.0) * half_size[c])
+        expanded[start:start + chunk] |= (half[c] & accept.unsqueeze(2)).any(dim=1)
     weights = torch.where(expanded, torch.exp(-d), torch.zeros((), dtype=d.dtype))
     v = weights / weights.sum(dim=1, keepdim=True)
     if k2 != 1:
         v = torch.cat([v[nearest[s:s + chunk, :k2]].mean(dim=1) for s in range(0, n, chunk)])
-    # Jaccard over the gallery columns: sum_k min(V_q[k], V_g[k]) on each query's support only
-    v_gallery = torch.cat([v[num_query:].T, torch.zeros(1, n - num_query, dtype=v.dtype)])  # (N + 1, G), zero row
-    jaccard = torch.empty(num_query, n - num_query, dtype=torch.float64)
-    for start in range(0, num_query, chunk):
-        rows = v[start:min(num_query, start + chunk)]
-        support = rows > 0
-        width = int(support.sum(dim=1).max())
-        order = torch.sort(support.to(torch.int8), dim=1, descending=True, stable=True).indices[:, :width]
-        valid = support.gather(1, order)
-        index = torch.where(valid, order, n)  # padding points at the zero row
-        values = rows.gather(1, order) * valid
-        minimum = torch.minimum(values.unsqueeze(2), v_gallery[index])  # (c, width, G)
-        overlap = minimum.sum(dim=1)
-        jaccard[start:start + len(rows)] = 1.0 - overlap / (2.0 - overlap)
+    # Jaccard over the gallery columns: sum_k min(V_q[k], V_g[k]) over the pairs sharing an item k, found
+    # through an inverted index of the gallery's non-zero entries (as the reference procedure does)
+    g_cols, g_rows = (v[num_query:].T > 0).nonzero(as_tuple=True)  # sorted by item k, then gallery j
+    g_values = v[num_query:][g_rows, g_cols]
+    col_count = torch.bincount(g_cols, minlength=n)
+    col_start = torch.cumsum(col_count, 0) - col_count
+    overlap = torch.zeros(num_query * (n - num_query), dtype=torch.float64)
+    q_rows, q_cols = (v[:num_query] > 0).nonzero(as_tuple=True)
+    q_values = v[:num_query][q_rows, q_cols]
+    step = max(1, 4_000_000 // max(1, int(col_count.max()) if len(col_count) else 1))
+    for s0 in range(0, len(q_rows), step):
+        rows, cols, values = q_rows[s0:s0 + step], q_cols[s0:s0 + step], q_values[s0:s0 + step]
+        counts = col_count[cols]
+        total = int(counts.sum())
+        if total == 0:
+            continue
+        first = torch.repeat_interleave(col_start[cols] - (torch.cumsum(counts, 0) - counts), counts)
+        entry = first + torch.arange(total)  # index into the gallery's non-zero list
+        pair = torch.repeat_interleave(rows, counts) * (n - num_query) + g_rows[entry]
+        overlap.index_add_(0, pair, torch.minimum(torch.repeat_interleave(values, counts), g_values[entry]))
+    overlap = overlap.view(num_query, n - num_query)
+    jaccard = 1.0 - overlap / (2.0 - overlap)
     return jaccard * (1.0 - lambda_value) + d[:num_query, num_query:] * lambda_value
 
 
@@ -312,3 +325,44 @@ def rescoring_table(q_feats: torch.Tensor, g_feats: torch.Tensor, q_pids: torch.
     frame.attrs.update(n_resamples=n_resamples, seed=seed, num_queries=len(q), num_gallery=len(g),
                        bank_size=0 if bank is None else len(bank))
     return frame
+
+
+def training_bank(model: Any, cfg: Any, *, dataset: Any = None, size: int = 2000, seed: int = 0,
+                  device: Any = None) -> torch.Tensor:
+    """QB-Norm's query bank: ``size`` training captions (seeded draw without replacement; all when fewer),
+    encoded by ``model``: (B, D) float32, not normalised. Only the training split is read."""
+    import numpy as np
+
+    from irra_core.evaluation.encode import encode_captions
+
+    if dataset is None:
+        from irra_core.data import prepare_dataset
+
+        dataset = prepare_dataset(cfg)
+    captions = [caption for *_, caption in dataset.train]
+    if not captions:
+        raise ValueError(f"{getattr(dataset, 'name', 'the dataset')} has no training captions for QB-Norm's bank")
+    pick = np.random.default_rng([seed, 9021]).permutation(len(captions))[:size]
+    return encode_captions(model, cfg, [captions[i] for i in sorted(pick)], device=device)
+
+
+def rescoring_report(model: Any, cfg: Any, *, dataset: Any = None, device: Any = None, cache_dir: Any = None,
+                     bank_size: int = 1000, methods: Sequence[str] = tuple(METHODS),
+                     params: Mapping[str, Mapping[str, Any]] | None = None, n_resamples: int = 1000, seed: int = 0):
+    """Re-scoring of a trained model's test split: ``(table, audit)``.
+
+    The test embeddings come from ``cache_dir`` when :func:`irra_core.evaluation.evaluate` cached them; the
+    bank is :func:`training_bank`. ``table`` is :func:`rescoring_table`, ``audit`` is
+    :func:`irra_core.evaluation.audit.rescoring_audit` on the same features.
+    """
+    from irra_core.evaluation.audit import rescoring_audit
+    from irra_core.evaluation.evaluate import load_or_encode
+
+    encoded = load_or_encode(model, cfg, "test", device=device, cache_dir=cache_dir)
+    bank = training_bank(model, cfg, dataset=dataset, size=bank_size, seed=seed, device=device) \
+        if "qb_norm" in methods else None
+    table = rescoring_table(encoded.q_feats, encoded.g_feats, encoded.q_pids, encoded.g_pids, bank_feats=bank,
+                            methods=methods, params=params, n_resamples=n_resamples, seed=seed)
+    audit = rescoring_audit(encoded.q_feats, encoded.g_feats, bank_feats=bank, methods=methods, params=params,
+                            num_probe=min(20, len(encoded.q_pids) // 4), seed=seed)
+    return table, audit

@@ -193,3 +193,22 @@ def slice_metrics(queries: Any, slices: Sequence[Slice], *, n_resamples: int = D
         frame.loc[worst, "worst"] = True
     frame.attrs.update(n_resamples=n_resamples, seed=seed, min_queries=min_queries, metric=metric)
     return frame
+
+
+def run_slices(train_dir: Any, checkpoint: str = "best", *, n_resamples: int = DEFAULT_RESAMPLES, seed: int = 0,
+               min_queries: int = 20):
+    """:func:`slice_metrics` of a training run's test evaluation (``eval/<checkpoint>_test/queries.csv``), with
+    :func:`default_slices` from its dataset (``config.yaml``): synthetic attributes when ``attributes.json``
+    exists, colour and garment words otherwise."""
+    from pathlib import Path
+
+    from irra_core.config import load_config
+    from irra_core.data import prepare_dataset
+    from irra_core.data.stats import attribute_table
+    from irra_core.evaluation.report import load_queries
+
+    train_dir = Path(train_dir)
+    dataset = prepare_dataset(load_config(train_dir / "config.yaml"))
+    queries = load_queries(train_dir / "eval" / f"{checkpoint}_test")
+    slices = default_slices(queries, dataset.test["image_pids"], attribute_table(dataset))
+    return slice_metrics(queries, slices, n_resamples=n_resamples, seed=seed, min_queries=min_queries)
