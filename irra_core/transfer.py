@@ -16,8 +16,8 @@ must be present) and three synthetic variants written in those formats with diff
 different identities, attribute combinations and captions (the generator has no other mix option):
 ``synthetic-CUHK-PEDES`` (seed 0, the workbook's default set), ``synthetic-ICFG-PEDES`` (seed 1) and
 ``synthetic-RSTPReid`` (seed 2). ``--datasets auto`` (default) takes the real sets present plus the synthetic
-variants. A source without a validation split (ICFG-PEDES) selects its last epoch (``train.select_on=last``),
-never the test split. Not part of ``make workbook`` (it trains one model per source); the notebook
+variants. A source without a validation split (ICFG-PEDES) uses its last epoch (``train.select_on=last``; the
+engine's periodic evaluation then logs the test split, which selects nothing). Not part of ``make workbook`` (it trains one model per source); the notebook
 ``notebooks/transfer/50_transfer_matrix.ipynb`` runs it and shows the tables.
 """
 from __future__ import annotations
@@ -146,7 +146,10 @@ def run_transfer(datasets: Sequence[str], out_dir: str | Path, *, arch: str = "i
     for source in datasets:
         cfg = configs[source]
         if not prepare_dataset(cfg).val.get("img_paths"):
-            set_value(cfg, "train.select_on", "last")  # no val split: the last epoch, never the test split
+            # no val split: the last epoch is used. The engine still evaluates a split each eval period, so
+            # it logs the test split there; that number selects nothing.
+            set_value(cfg, "train.select_on", "last")
+            set_value(cfg, "data.val_split", "test")
         echo(f"== transfer: training on {source} -> {out_dir / 'train' / source}")
         model = fit(cfg, out_dir / "train" / source, resume=True).model
         for target in datasets:

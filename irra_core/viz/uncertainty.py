@@ -122,7 +122,7 @@ def plot_transfer(matrix: pd.DataFrame, metric: str = "R1", ax: Axes | None = No
     for i, source in enumerate(matrix.index):
         for j, target in enumerate(matrix.columns):
             if source == target:
-                ax.add_patch(Rectangle((j, i), 1, 1, fill=False, edgecolor="white", linewidth=3))
+                ax.add_patch(Rectangle((j, i), 1, 1, fill=False, edgecolor=WORST_COLOR, linewidth=3))
     ax.set(xlabel="evaluated on (test split)", ylabel="trained on",
            title=f"Transfer: t2i {metric} (framed: in-domain)")
     return fig
