@@ -171,7 +171,7 @@ def leak_audit(
 
 def rescoring_audit(q_feats: torch.Tensor, g_feats: torch.Tensor, *, bank_feats: Optional[torch.Tensor] = None,
                     methods: Optional[Sequence[str]] = None, params: Optional[dict] = None, num_probe: int = 20,
-                    max_queries: Optional[int] = 400, seed: int = 0):
+                    max_queries: Optional[int] = 200, seed: int = 0):
     """Which re-scoring methods rank a query differently when *other* test queries change?
 
     A fixed set of ``num_probe`` probe queries is re-scored (:func:`irra_core.evaluation.rescoring.rescore`)

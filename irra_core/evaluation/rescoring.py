@@ -347,7 +347,7 @@ def training_bank(model: Any, cfg: Any, *, dataset: Any = None, size: int = 2000
 
 
 def rescoring_report(model: Any, cfg: Any, *, dataset: Any = None, device: Any = None, cache_dir: Any = None,
-                     bank_size: int = 1000, methods: Sequence[str] = tuple(METHODS),
+                     bank_size: int = 500, methods: Sequence[str] = tuple(METHODS),
                      params: Mapping[str, Mapping[str, Any]] | None = None, n_resamples: int = 1000, seed: int = 0):
     """Re-scoring of a trained model's test split: ``(table, audit)``.
 
