@@ -298,8 +298,3 @@ def paired_seed_test(tables_a: Sequence[Any], tables_b: Sequence[Any], *, n_resa
         frame[f"{name}_std"] = per_seed.std(axis=0, ddof=1) if len(per_seed) > 1 else np.nan
     return frame
 
-
-def metrics_with_intervals(values: Mapping[str, float], result: BootstrapResult, decimals: int = 2) -> dict:
-    """``{metric: "4.45 [3.20, 5.80]"}``: a metrics dict's point estimates with ``result``'s interval."""
-    return {k: f"{float(values[k]):.{decimals}f} [{result.low[k]:.{decimals}f}, {result.high[k]:.{decimals}f}]"
-            for k in METRIC_KEYS if k in values}
