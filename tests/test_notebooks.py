@@ -46,7 +46,8 @@ EXPECTED: dict[str, dict[str, list[str]]] = {
     "32_expert_routing": {"files": [], "figures": ["32_expert_load", "32_routing_entropy", "32_patch_experts",
                                                    "32_word_experts", "32_aux_vs_floor", "32_routing_drift",
                                                    "32_aux_over_training", "32_explorer"]},
-    "40_leak_audit": {"files": ["leak_audit.json", "php-batch-efp/metrics.json"], "figures": ["40_leak_audit"]},
+    "40_leak_audit": {"files": ["leak_audit.json", "php-batch-efp/metrics.json", "paired_leak.csv"],
+                      "figures": ["40_leak_audit", "40_paired"]},
 }
 
 
@@ -162,6 +163,10 @@ def check_leak_audit(run_dir: Path) -> None:
     audit = json.loads((run_dir / "leak_audit.json").read_text())
     assert audit["php-batch-efp"]["flagged"] is True, "batch-axis EFP must show batch dependence"
     assert audit["php"]["flagged"] is False, "per-sample EFP must be batch-invariant"
+    import pandas as pd
+
+    paired = pd.read_csv(run_dir / "paired_leak.csv")
+    assert {("irra", "php"), ("irra", "php-batch-efp"), ("php", "php-batch-efp")} <= set(zip(paired["A"], paired["B"]))
 
 
 CHECKS = {"00_environment_check": check_environment, "01_prepare_data": check_prepare,
