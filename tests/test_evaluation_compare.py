@@ -40,6 +40,11 @@ def test_selected_queries_path_follows_the_selection(tmp_path):
     (best / "eval" / "best_test" / "queries.csv").unlink()
     with pytest.raises(FileNotFoundError, match="queries.csv is missing"):
         selected_queries_path(best)
+    # best epoch == last epoch: fit evaluated the last checkpoint only
+    same = _train_dir(tmp_path, "c", [1, 2], policy="last")
+    (same / "metrics.json").write_text(json.dumps({"selection": {"policy": "val"}, "best": {"epoch": 2},
+                                                   "last": {"epoch": 2}}))
+    assert selected_queries_path(same).parent.name == "last_test"
 
 
 def test_paired_model_table_pairs_models_and_leaves_out_other_splits(tmp_path):

@@ -27,6 +27,9 @@ def selected_queries_path(train_dir: str | Path) -> Path:
     policy = (metrics.get("selection") or {}).get("policy")
     which = "last" if policy == "last" or not metrics.get("best") else "best"
     path = train_dir / "eval" / f"{which}_test" / "queries.csv"
+    same_epoch = which == "best" and (metrics.get("best") or {}).get("epoch") == (metrics.get("last") or {}).get("epoch")
+    if not path.exists() and same_epoch:  # fit evaluates the last checkpoint only when it is also the best
+        path = train_dir / "eval" / "last_test" / "queries.csv"
     if not path.exists():
         raise FileNotFoundError(f"{path} is missing: the run's final evaluation writes it (re-run training to the end)")
     return path
