@@ -18,7 +18,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks import bench_encode, bench_model, bench_train, common  # noqa: E402
+from benchmarks import bench_bootstrap, bench_encode, bench_model, bench_train, common  # noqa: E402
 from irra_core import losses  # noqa: E402
 
 
@@ -211,3 +211,15 @@ def test_flop_count_includes_packed_attention_and_drops_with_pruning():
     width = cfg2.model.text_width
     assert counted[0] == 4 * b * n * n * width + 4 * b * 1 * n * width  # packed block + pruned last block
     assert fast.attention_packed is packed_attention  # unpatched again
+
+
+def test_bench_bootstrap_smoke_fields(capsys):
+    summary = bench_bootstrap.main(["--smoke", "--resamples", "50", "--threads", "1"])
+    assert _last_json(capsys) == json.loads(json.dumps(summary))
+    assert summary["num_queries"] == 240 and summary["num_gallery"] == 120 and summary["num_identities"] == 30
+    cases = {row["case"]: row for row in summary["results"]}
+    assert set(cases) == {"bootstrap identities", "bootstrap queries", "paired test"}
+    for name in ("bootstrap identities", "bootstrap queries"):
+        row = cases[name]
+        assert row["seconds"] > 0 and row["resamples"] == 50 and row["R1_low"] <= row["R1"] <= row["R1_high"]
+    assert 0 < cases["paired test"]["R1_p"] <= 1

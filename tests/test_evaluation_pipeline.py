@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+from irra_core.evaluation.bootstrap import bootstrap_table
 from irra_core.evaluation import (
     aggregate_runs,
     encode_split,
@@ -145,6 +146,14 @@ def test_evaluate_writes_metrics_queries_and_cache(tiny_php, tmp_path):
     written = json.loads((out / "metrics.json").read_text())
     assert written["t2i"] == pytest.approx(result["t2i"])
     assert len(list(cache.glob("embeddings-*.pt"))) == 1
+    # 95% intervals over identities next to each point estimate, with their settings
+    assert written["bootstrap"]["n_resamples"] == 1000 and written["bootstrap"]["unit"] == "identity"
+    for task in ("t2i", "i2t"):
+        for key in KEYS:
+            low, high = written["ci"][task][key]
+            assert low <= written[task][key] <= high
+    again = bootstrap_table(load_queries(out), n_resamples=1000, seed=written["bootstrap"]["seed"])
+    assert written["ci"]["t2i"]["mAP"] == pytest.approx([again.low["mAP"], again.high["mAP"]], abs=1e-3)
 
     # per-query table agrees with the metrics and with an independent full sort
     enc = encode_split(model, cfg, "test", device="cpu")

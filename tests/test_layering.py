@@ -14,7 +14,7 @@ Layers, lowest first (a module may import its own layer and the layers listed in
 * ``evaluation`` (never the engine);
 * engine: ``engine``, ``runs``, ``optim``, ``scheduler``, ``checkpoint``, ``distributed``, ``train_progress``;
 * ``viz``; workbook: ``workbook``, ``train_notebook``; ``pipeline``;
-* entry points, which may import anything: ``train``, ``test``, ``search`` and every ``__main__``.
+* entry points, which may import anything: ``train``, ``test``, ``search``, ``transfer`` and every ``__main__``.
 
 Cycles are looked for in the module graph of all runtime imports, except a package ``__init__`` importing its own
 submodules (a re-export: importing a submodule runs its package ``__init__`` first anyway, so that edge adds
@@ -34,7 +34,7 @@ PACKAGE = "irra_core"
 FOUNDATION = {"", "config", "paths", "io_utils", "runtime", "errors", "cli"}
 ENGINE = {"engine", "runs", "optim", "scheduler", "checkpoint", "distributed", "train_progress"}
 WORKBOOK = {"workbook", "train_notebook"}
-ENTRY = {"train", "test", "search", "__main__"}
+ENTRY = {"train", "test", "search", "transfer", "__main__"}
 SUBPACKAGES = {"data", "model", "evaluation", "viz"}
 
 _BELOW_EVALUATION = {"foundation", "losses", "data", "model"}

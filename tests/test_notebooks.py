@@ -34,9 +34,10 @@ EXPECTED: dict[str, dict[str, list[str]]] = {
                       "figures": ["10_sdm_targets_irra", "10_steps_irra", "10_curves_irra"]},
     "11_train_php": {"files": ["php/config.yaml", "php/log.jsonl", "php/metrics.json", "php/checkpoints/best.pt"],
                      "figures": ["11_sdm_targets_php", "11_steps_php", "11_curves_php"]},
-    "20_evaluate": {"files": ["metrics.json", "irra/eval/best_test/queries.csv", "php/eval/last_test/queries.csv"],
-                    "figures": ["20_metrics"]},
-    "21_compare_runs": {"files": ["comparison.csv"], "figures": ["21_compare"]},
+    "20_evaluate": {"files": ["metrics.json", "irra/eval/best_test/queries.csv", "php/eval/last_test/queries.csv",
+                              "rescoring.json"],
+                    "figures": ["20_metrics", "20_intervals", "20_slices", "20_rescoring"]},
+    "21_compare_runs": {"files": ["comparison.csv", "paired.csv"], "figures": ["21_compare", "21_paired"]},
     "30_retrieval_gallery": {"files": [], "figures": ["30_topk_irra", "30_topk_php", "30_worst_irra", "30_worst_php",
                                                       "30_free_text_irra", "30_free_text_php", "30_first_hit_irra",
                                                       "30_explorer"]},
@@ -46,7 +47,8 @@ EXPECTED: dict[str, dict[str, list[str]]] = {
                                                    "32_word_experts", "32_aux_vs_floor", "32_routing_drift",
                                                    "32_aux_over_training", "32_explorer"]},
     "33_search_your_photos": {"files": ["search/results.csv", "search/unreadable.csv"], "figures": ["33_search"]},
-    "40_leak_audit": {"files": ["leak_audit.json", "php-batch-efp/metrics.json"], "figures": ["40_leak_audit"]},
+    "40_leak_audit": {"files": ["leak_audit.json", "php-batch-efp/metrics.json", "paired_leak.csv"],
+                      "figures": ["40_leak_audit", "40_paired"]},
 }
 
 
@@ -138,12 +140,34 @@ def check_evaluate(run_dir: Path) -> None:
         assert_metrics(values["last"], f"{model} last")
     # the headline is PHP's selected checkpoint
     assert metrics["t2i"] == metrics["models"]["php"][metrics["models"]["php"]["selected"]]["t2i"]
+    # identity-bootstrap intervals next to every point estimate, with their settings
+    assert metrics["bootstrap"]["n_resamples"] == 1000 and metrics["bootstrap"]["unit"] == "identity"
+    for values in [metrics] + [m[w] for m in metrics["models"].values() for w in ("best", "last")]:
+        for task in ("t2i", "i2t"):
+            assert all(values["ci"][task][k][0] <= values[task][k] <= values["ci"][task][k][1] for k in METRIC_KEYS)
+    rescoring = json.loads((run_dir / "rescoring.json").read_text())
+    assert [row["method"] for row in rescoring["table"]] == ["none", "qb_norm", "inverted_softmax", "dual_softmax",
+                                                              "k_reciprocal"]
+    assert all(row["label_matches"] for row in rescoring["audit"])
+
+
+def check_compare(run_dir: Path) -> None:
+    import pandas as pd
+
+    paired = pd.read_csv(run_dir / "paired.csv")
+    assert {("irra", "php", "R1"), ("irra", "php", "mAP")} <= set(zip(paired["A"], paired["B"], paired["metric"]))
+    assert ((paired["low"] <= paired["diff"]) & (paired["diff"] <= paired["high"])).all()
+    assert ((paired["p_value"] > 0) & (paired["p_value"] <= 1)).all()
 
 
 def check_leak_audit(run_dir: Path) -> None:
     audit = json.loads((run_dir / "leak_audit.json").read_text())
     assert audit["php-batch-efp"]["flagged"] is True, "batch-axis EFP must show batch dependence"
     assert audit["php"]["flagged"] is False, "per-sample EFP must be batch-invariant"
+    import pandas as pd
+
+    paired = pd.read_csv(run_dir / "paired_leak.csv")
+    assert {("irra", "php"), ("irra", "php-batch-efp"), ("php", "php-batch-efp")} <= set(zip(paired["A"], paired["B"]))
 
 
 def check_search(run_dir: Path) -> None:
@@ -156,7 +180,8 @@ def check_search(run_dir: Path) -> None:
 
 CHECKS = {"00_environment_check": check_environment, "01_prepare_data": check_prepare,
           "02_explore_data": check_explore, "10_train_irra": check_training("irra"),
-          "11_train_php": check_training("php"), "20_evaluate": check_evaluate, "33_search_your_photos": check_search,
+          "11_train_php": check_training("php"), "20_evaluate": check_evaluate, "21_compare_runs": check_compare,
+          "33_search_your_photos": check_search,
           "40_leak_audit": check_leak_audit}
 
 

@@ -129,3 +129,26 @@ def encode_split(
         captions=list(getattr(query_loader.dataset, "captions", [])),
         img_paths=list(getattr(gallery_loader.dataset, "img_paths", [])),
     )
+
+
+@torch.no_grad()
+def encode_captions(model: nn.Module, cfg: Any, captions: list, *, device: Any = None,
+                    batch_size: Optional[int] = None, progress: bool = False) -> torch.Tensor:
+    """Caption embeddings (N, D) float32 on the CPU, not normalised, through ``model.encode_text``.
+
+    Captions are tokenised to ``cfg.data.text_length``; used for query banks (QB-Norm's training captions).
+    """
+    from torch.utils.data import DataLoader
+
+    from irra_core.data.datasets import TextDataset
+
+    device = resolve_device(device, cfg, model)
+    loader = DataLoader(TextDataset([0] * len(captions), list(captions), cfg.data.text_length),
+                        batch_size=batch_size or cfg.data.test_batch_size, shuffle=False)
+    was_training = model.training
+    model.eval()
+    try:
+        feats, _ = _encode_loader(loader, model.encode_text, device, "bank captions", progress)
+    finally:
+        model.train(was_training)
+    return feats

@@ -10,6 +10,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
+from irra_core.evaluation.bootstrap import DEFAULT_RESAMPLES, bootstrap_table
 from irra_core.evaluation.encode import EncodedSplit, encode_split
 from irra_core.evaluation.metrics import METRIC_KEYS, rank_per_query, summarize
 from irra_core.evaluation.report import write_queries_csv
@@ -63,21 +64,33 @@ def load_or_encode(
     return encoded
 
 
-def metrics_from_embeddings(encoded: EncodedSplit, *, i2t: bool = True, topk: int = 10):
+def metrics_from_embeddings(encoded: EncodedSplit, *, i2t: bool = True, topk: int = 10, bootstrap: int = 0,
+                            bootstrap_seed: int = 0):
     """t2i (and i2t) metrics from embeddings, cosine similarity, plus the t2i per-query results.
 
     Returns ``(metrics, per_query)`` with ``metrics = {"t2i": {...}, "i2t": {...}, "t2i_cmc": [...],
     "i2t_cmc": [...]}`` (percent) and ``per_query`` a :class:`~irra_core.evaluation.metrics.PerQueryRanks`.
+    With ``bootstrap`` resamples (> 0) ``metrics`` also holds ``"ci": {"t2i": {metric: [low, high]}, "i2t": ...}``
+    (95% percentile intervals over identities, :mod:`irra_core.evaluation.bootstrap`) and ``"bootstrap"`` (its
+    settings: ``n_resamples``, ``seed``, ``level``, ``unit``...).
     """
     q = torch.nn.functional.normalize(encoded.q_feats.float(), dim=1)
     g = torch.nn.functional.normalize(encoded.g_feats.float(), dim=1)
     per_query = rank_per_query(q_pids=encoded.q_pids, g_pids=encoded.g_pids, q_feats=q, g_feats=g, topk=topk)
     t2i = summarize(per_query, len(g))
     metrics: dict = {"t2i": {k: t2i[k] for k in METRIC_KEYS}, "t2i_cmc": t2i["cmc"]}
+    tables = {"t2i": (per_query, encoded.q_pids)}
     if i2t:
-        back = summarize(rank_per_query(q_pids=encoded.g_pids, g_pids=encoded.q_pids, q_feats=g, g_feats=q), len(q))
+        per_image = rank_per_query(q_pids=encoded.g_pids, g_pids=encoded.q_pids, q_feats=g, g_feats=q)
+        back = summarize(per_image, len(q))
         metrics["i2t"] = {k: back[k] for k in METRIC_KEYS}
         metrics["i2t_cmc"] = back["cmc"]
+        tables["i2t"] = (per_image, encoded.g_pids)
+    if bootstrap:
+        results = {task: bootstrap_table(ranks, pids, n_resamples=bootstrap, seed=bootstrap_seed)
+                   for task, (ranks, pids) in tables.items()}
+        metrics["ci"] = {task: result.intervals() for task, result in results.items()}
+        metrics["bootstrap"] = results["t2i"].settings()
     return metrics, per_query
 
 
@@ -111,6 +124,8 @@ def evaluate(
     i2t: bool = True,
     shuffle: bool = False,
     progress: bool = False,
+    bootstrap: int = DEFAULT_RESAMPLES,
+    bootstrap_seed: int = 0,
 ) -> dict:
     """Evaluate ``model`` on ``split`` with IRRA's metrics, both retrieval directions.
 
@@ -120,17 +135,20 @@ def evaluate(
     :func:`load_or_encode`). With ``out_dir`` writes ``metrics.json`` (the returned dict plus CMC
     curves and sizes) and ``queries.csv`` (see :func:`irra_core.evaluation.report.load_queries`;
     gallery indices refer to the encoded gallery, i.e. ``split["img_paths"]`` in annotation order).
+    ``metrics.json`` also holds ``"ci"`` (95% intervals next to each point estimate, from ``bootstrap``
+    resamples of identities with seed ``bootstrap_seed``; 0 turns them off) and ``"bootstrap"`` (those settings).
 
     Returns ``{"t2i": {"R1", "R5", "R10", "mAP", "mINP"}, "i2t": {...}}`` in percent.
     """
     encoded = load_or_encode(model, cfg, split, device=device, batch_size=batch_size, shuffle=shuffle,
                              cache_dir=cache_dir, cache_key=cache_key, progress=progress)
-    metrics, per_query = metrics_from_embeddings(encoded, i2t=i2t)
+    metrics, per_query = metrics_from_embeddings(encoded, i2t=i2t, bootstrap=bootstrap if out_dir is not None else 0,
+                                                 bootstrap_seed=bootstrap_seed)
     result = {task: metrics[task] for task in ("t2i", "i2t") if task in metrics}
     if out_dir is not None:
         out_dir = Path(out_dir)
         record = dict(result)
-        record.update({k: v for k, v in metrics.items() if k.endswith("_cmc")})
+        record.update({k: v for k, v in metrics.items() if k.endswith("_cmc") or k in ("ci", "bootstrap")})
         record.update(split=split if isinstance(split, str) else "custom", num_queries=len(encoded.q_pids),
                       num_gallery=len(encoded.g_pids), batch_size=batch_size or cfg.data.test_batch_size,
                       shuffled=shuffle, tie_rule="equal scores: lower gallery index ranks first")
