@@ -223,14 +223,14 @@ class Console:
         page.on("console", lambda m: self.entries.append(f"console.{m.type}: {m.text}"))
         page.on("pageerror", lambda e: self.entries.append(f"pageerror: {e}"))
         page.on("requestfailed", lambda r: self.entries.append(f"requestfailed: {r.url} ({r.failure})"))
-        page.on("response", lambda r: r.status >= 400 and r.url.endswith(".js")
-                and self.entries.append(f"http {r.status}: {r.url}"))
+        page.on("response", lambda r: r.status >= 400 and self.entries.append(f"http {r.status}: {r.url}"))
 
     def widget_errors(self) -> list[str]:
         """Entries that mean a widget could not be shown (WIDGET_ERROR_PATTERNS, failed .js loads)."""
         pattern = re.compile("|".join(WIDGET_ERROR_PATTERNS), re.IGNORECASE)
-        return [e for e in self.entries
-                if pattern.search(e) or (e.startswith(("http ", "requestfailed:")) and ".js" in e)]
+        script = re.compile(r"\.js(\?\S*)?( |$)")  # a JavaScript module, not .json
+        return [e for e in self.entries if pattern.search(e) or (
+            e.startswith(("http ", "requestfailed:")) and script.search(e) and "ERR_ABORTED" not in e)]
 
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -252,8 +252,8 @@ def _installed_extension_version(name: str) -> str | None:
     return None
 
 
-def widget_frontend_diagnosis(config: dict | None) -> str:
-    """Why ipywidgets cannot render in this Lab, as one sentence naming the cause and the fix.
+def widget_frontend_problem(config: dict | None) -> str | None:
+    """Why ipywidgets cannot render in this Lab, as one sentence naming the cause and the fix; None if no cause is seen.
 
     ``config`` is :func:`page_config` of the loaded page (None when unknown). Checks, in order: the
     extension disabled in the page config, absent from the federated extensions Lab loaded, the
@@ -274,7 +274,7 @@ def widget_frontend_diagnosis(config: dict | None) -> str:
     head = f"ipywidgets front-end extension {WIDGET_EXTENSION} not loaded"
     if config is not None:
         disabled = config.get("disabledExtensions") or []
-        disabled = list(disabled) if not isinstance(disabled, dict) else [k for k, v in disabled.items() if v]
+        disabled = [k for k, v in disabled.items() if v] if isinstance(disabled, dict) else list(disabled)
         if any(d == WIDGET_EXTENSION or d.startswith(WIDGET_EXTENSION + ":") for d in disabled):
             return (f"{head}: it is disabled in JupyterLab's page config; enable it with "
                     f"`jupyter labextension enable {WIDGET_EXTENSION}`")
@@ -287,6 +287,14 @@ def widget_frontend_diagnosis(config: dict | None) -> str:
         return f"{head}: jupyterlab_widgets is not installed; {fix}"
     if wanted is not None and installed not in wanted.specifier:
         return f"{head}: jupyterlab_widgets {installed} does not match ipywidgets {ipywidgets}; {fix}"
-    lab_side = _installed_extension_version(WIDGET_EXTENSION)
-    return (f"{head} or not rendering although jupyterlab_widgets {installed} (front end {lab_side}) matches "
-            f"ipywidgets {ipywidgets}; see the browser console log")
+    return None
+
+
+def widget_frontend_diagnosis(config: dict | None) -> str:
+    """:func:`widget_frontend_problem`, or where no cause is seen, a pointer to the console log."""
+    from importlib.metadata import version
+
+    return widget_frontend_problem(config) or (
+        f"ipywidgets front end not rendering although jupyterlab_widgets {version('jupyterlab_widgets')} "
+        f"(front end {_installed_extension_version(WIDGET_EXTENSION)}) matches ipywidgets {version('ipywidgets')}; "
+        f"see the browser console log")
