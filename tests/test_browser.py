@@ -197,55 +197,65 @@ def wait_for_new_image(box, before: str, what: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def retrieval_nb(browser, lab):
-    nb = LabNotebook(browser, lab, RETRIEVAL)
-    nb.run_all()
-    yield nb
-    nb.close()
+def lab_notebook(browser, lab):
+    """``lab_notebook(stem)``: the notebook opened in Lab and run (once per module; a failure is not retried)."""
+    opened: dict[str, LabNotebook] = {}
+    failed: dict[str, str] = {}
 
+    def get(stem: str) -> LabNotebook:
+        if stem in failed:
+            pytest.fail(f"{stem}: opening or running it in Lab failed in an earlier test: {failed[stem]}", pytrace=False)
+        if stem not in opened:
+            try:
+                nb = LabNotebook(browser, lab, stem)
+                opened[stem] = nb
+                nb.run_all()
+            except Exception as exc:
+                failed[stem] = f"{type(exc).__name__}: {str(exc)[:500]}"
+                raise
+        return opened[stem]
 
-@pytest.fixture(scope="module")
-def routing_nb(browser, lab):
-    nb = LabNotebook(browser, lab, ROUTING)
-    nb.run_all()
-    yield nb
-    nb.close()
+    yield get
+    for nb in opened.values():
+        nb.close()
 
 
 # ----------------------------------------------------------------------------------------------------
 # Tests
 # ----------------------------------------------------------------------------------------------------
-def test_launcher_offers_project_kernel(browser, lab):
+@pytest.fixture
+def launcher(browser, lab):
+    """A fresh Lab page showing the launcher."""
     lp = LabPage(browser, lab, "launcher")
-    try:
-        lp.goto("lab?reset")
-        lp.page.wait_for_selector(".jp-Launcher .jp-LauncherCard")
-        section = lp.page.locator(".jp-Launcher-section", has=lp.page.locator(".jp-Launcher-sectionTitle",
-                                                                               has_text="Notebook"))
-        labels = [t.strip() for t in section.locator(".jp-LauncherCard-label").all_inner_texts()]
-        lp.shot(None, "launcher")
-        assert KERNEL_DISPLAY_NAME in labels, (
-            f"the launcher's Notebook section offers {labels}, not {KERNEL_DISPLAY_NAME!r}: register the kernel "
-            f"with `python -m ipykernel install --sys-prefix --name {KERNEL} --display-name '{KERNEL_DISPLAY_NAME}'` "
-            f"(make setup does)")
-        lp.assert_no_widget_errors()
-    finally:
-        lp.close()
+    lp.goto("lab?reset")
+    lp.page.wait_for_selector(".jp-Launcher .jp-LauncherCard")
+    yield lp
+    lp.close()
 
 
-def test_widget_frontend_extension_loaded(browser, lab):
+def test_launcher_offers_project_kernel(launcher):
+    section = launcher.page.locator(".jp-Launcher-section", has=launcher.page.locator(
+        ".jp-Launcher-sectionTitle", has_text="Notebook"))
+    labels = [t.strip() for t in section.locator(".jp-LauncherCard-label").all_inner_texts()]
+    launcher.shot(None, "launcher")
+    assert KERNEL_DISPLAY_NAME in labels, (
+        f"the launcher's Notebook section offers {labels}, not {KERNEL_DISPLAY_NAME!r}: register the kernel "
+        f"with `python -m ipykernel install --sys-prefix --name {KERNEL} --display-name '{KERNEL_DISPLAY_NAME}'` "
+        f"(make setup does)")
+    launcher.assert_no_widget_errors()
+
+
+def test_widget_frontend_extension_loaded(launcher):
     """Lab's page config lists jupyterlab-manager, enabled, and jupyterlab_widgets matches ipywidgets."""
-    lp = LabPage(browser, lab, "page_config")
-    try:
-        lp.goto("lab?reset")
-        lp.page.wait_for_selector(".jp-Launcher")
-        problem = widget_frontend_problem(page_config(lp.page))
-    finally:
-        lp.close()
+    problem = widget_frontend_problem(page_config(launcher.page))
     assert problem is None, problem
 
 
-def _assert_ran_cleanly(nb: LabNotebook) -> None:
+@pytest.mark.parametrize("stem", [RETRIEVAL, ROUTING])
+def test_notebook_runs_in_lab(stem, lab_notebook):
+    """Every cell ran, none shows an error, every figure cell shows its image(s), the explorer renders."""
+    nb = lab_notebook(stem)
+    nb.shot(None, f"{nb.name}_lab")
     saved = nb.saved
     code = [(i, c) for i, c in enumerate(saved.cells) if c.cell_type == "code"]
     errors = [f"cell {i}: {o.get('ename')}: {o.get('evalue')}" for i, c in code for o in c.outputs
@@ -270,16 +280,16 @@ def _assert_ran_cleanly(nb: LabNotebook) -> None:
     nb.assert_no_widget_errors()
 
 
-def test_retrieval_notebook_runs_in_lab(retrieval_nb):
-    retrieval_nb.shot(None, f"{RETRIEVAL}_lab")
-    _assert_ran_cleanly(retrieval_nb)
-
-
-def test_retrieval_explorer_responds(retrieval_nb):
-    nb = retrieval_nb
+def opened_explorer(nb: LabNotebook):
+    """The explorer's widget box, scrolled into view, and the data URL of the image it shows first."""
     box = nb.explorer()
     box.scroll_into_view_if_needed()
-    first = wait_for(lambda: explorer_image(box), TIMEOUT, f"{RETRIEVAL}: explorer image shown")
+    return box, wait_for(lambda: explorer_image(box), TIMEOUT, f"{nb.name}: explorer image shown")
+
+
+def test_retrieval_explorer_responds(lab_notebook):
+    nb = lab_notebook(RETRIEVAL)
+    box, first = opened_explorer(nb)
     nb.shot(box, f"{RETRIEVAL}_explorer_start")
 
     query = box.locator(".widget-text", has=nb.page.locator("label", has_text=re.compile("^query$"))).locator("input")
@@ -306,19 +316,12 @@ def test_retrieval_explorer_responds(retrieval_nb):
     nb.assert_no_widget_errors()
 
 
-def test_routing_notebook_runs_in_lab(routing_nb):
-    routing_nb.shot(None, f"{ROUTING}_lab")
-    _assert_ran_cleanly(routing_nb)
-
-
-def test_routing_explorer_layer_changes_the_maps(routing_nb):
-    nb = routing_nb
-    box = nb.explorer()
-    box.scroll_into_view_if_needed()
+def test_routing_explorer_layer_changes_the_maps(lab_notebook):
+    nb = lab_notebook(ROUTING)
+    box, first = opened_explorer(nb)
     layer = box.locator(".widget-dropdown", has=nb.page.locator("label", has_text="EFP layer")).locator("select")
     options = layer.locator("option").all_inner_texts()
     assert len(options) >= 2, f"{ROUTING}: the EFP layer control offers {options}; the smoke preset needs 2+ EFP layers"
-    first = wait_for(lambda: explorer_image(box), TIMEOUT, f"{ROUTING}: explorer image shown")
     nb.shot(box, f"{ROUTING}_explorer_layer{layer.input_value()}")
     other = options[-1] if layer.input_value() != options[-1] else options[0]
     layer.select_option(label=other)
