@@ -176,7 +176,7 @@ class LabNotebook(LabPage):
         cell = self.cells.nth(self.cell_index(".widget("))
         box = cell.locator(".jp-OutputArea-output .widget-vbox").first
         try:
-            box.wait_for(state="visible", timeout=30_000)
+            box.wait_for(state="visible", timeout=60_000)
         except Exception:
             shown = " | ".join(cell.locator(".jp-OutputArea-output").all_inner_texts())[:300]
             self.shot(cell, f"{self.name}_explorer_broken")
