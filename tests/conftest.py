@@ -7,6 +7,7 @@ The terminal summary ends with one line counting the parity tests that ran and t
 """
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -28,6 +29,9 @@ REFERENCE_SKIP_REASON = f"reference checkpoints not found at {REFERENCE_DIR}"
 
 
 def pytest_collection_modifyitems(config, items):
+    # the browser tests last: they reuse the smoke run the notebook tests finish, and a notebook failure
+    # shows as such before a browser test trips over it
+    items.sort(key=lambda item: "browser" in item.keywords)
     try:
         import torch
 
@@ -80,3 +84,32 @@ def reference_dir() -> Path:
 @pytest.fixture(scope="session")
 def project_root() -> Path:
     return ROOT
+
+
+class SmokeRun:
+    """One smoke run of the workbook for the session, under temporary ``runs`` and ``data`` roots.
+
+    Notebook and browser tests share it: :meth:`execute_through` runs a notebook and every earlier one
+    not finished yet (later notebooks read what earlier ones wrote), resuming the same run folder.
+    """
+
+    name = "smoke"
+
+    def __init__(self, runs: Path, data: Path) -> None:
+        self.runs, self.data = runs, data
+        self.run_dir = runs / self.name
+
+    def execute_through(self, notebook: str, notebooks: list[Path]) -> dict:
+        """Run ``notebook`` (a stem) and the earlier ones of ``notebooks`` not done yet; the pipeline state."""
+        from irra_core.pipeline import run_pipeline
+
+        selected = [nb.stem for nb in notebooks if nb.stem <= notebook]
+        run_pipeline(only=selected, run_name=self.name, resume=self.run_dir.exists(), smoke=True,
+                     data_root=self.data, runs_dir=self.runs, stream=False, cell_timeout=600)
+        return json.loads((self.run_dir / "pipeline.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def smoke(tmp_path_factory) -> SmokeRun:
+    """The session's smoke run (see :class:`SmokeRun`); nothing runs until a test asks for a notebook."""
+    return SmokeRun(runs=tmp_path_factory.mktemp("runs"), data=tmp_path_factory.mktemp("data"))

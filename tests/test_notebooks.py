@@ -3,24 +3,23 @@
 Each test runs its notebook (and any earlier one not finished yet: later notebooks read what earlier ones
 wrote) with ``SMOKE=True`` and ``INTERACTIVE=False``, then checks the files it wrote: figures saved as PNG
 *and* shown in the executed copy, JSON reports, metrics in range. The synthetic smoke set is generated once,
-into a temporary data root shared by the module.
+into a temporary data root; the run folder is the session's ``smoke`` fixture (conftest), which the browser
+tests reuse.
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from types import SimpleNamespace
 
 import nbformat
 import numpy as np
 import pytest
 from PIL import Image
 
-from irra_core.pipeline import NOTEBOOK_GLOB, run_pipeline
+from irra_core.pipeline import NOTEBOOK_GLOB
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob(NOTEBOOK_GLOB))
-RUN = "smoke"
 METRIC_KEYS = {"R1", "R5", "R10", "mAP", "mINP"}
 
 #: what each notebook must leave in the run folder: files (relative paths) and figures (stems under figures/)
@@ -52,19 +51,9 @@ EXPECTED: dict[str, dict[str, list[str]]] = {
 }
 
 
-@pytest.fixture(scope="module")
-def smoke(tmp_path_factory):
-    """One run folder for the whole module; datasets under a module-wide temporary data root."""
-    runs = tmp_path_factory.mktemp("runs")
-    return SimpleNamespace(runs=runs, data=tmp_path_factory.mktemp("data"), run_dir=runs / RUN)
-
-
 def execute_through(notebook: Path, smoke) -> dict:
     """Run ``notebook`` and every earlier notebook not finished yet; return the run's pipeline state."""
-    selected = [nb.stem for nb in NOTEBOOKS if nb.name <= notebook.name]
-    run_pipeline(only=selected, run_name=RUN, resume=smoke.run_dir.exists(), smoke=True, data_root=smoke.data,
-                 runs_dir=smoke.runs, stream=False, cell_timeout=600)
-    return json.loads((smoke.run_dir / "pipeline.json").read_text())
+    return smoke.execute_through(notebook.stem, NOTEBOOKS)
 
 
 def assert_png(path: Path) -> None:
