@@ -23,6 +23,7 @@ from typing import Any, Mapping
 
 import yaml
 
+from irra_core.datasets import DATASET_CHOICES, REAL_DATASETS
 from irra_core.errors import UserError
 
 PRESET_DIR = Path(__file__).resolve().parent / "configs"
@@ -37,7 +38,7 @@ class ConfigError(UserError, ValueError):
 # --------------------------------------------------------------------------------------------------
 @dataclass
 class DataConfig:
-    dataset: str = "synthetic"  # synthetic | CUHK-PEDES | ICFG-PEDES | RSTPReid
+    dataset: str = "synthetic"  # one of datasets.DATASET_CHOICES: synthetic | CUHK-PEDES | ICFG-PEDES | RSTPReid
     root: str = "data"  # folder holding the dataset folder (or the dataset folder itself)
     # synthetic generator (used when dataset == "synthetic"); written in `synthetic_format`'s layout
     synthetic_format: str = "CUHK-PEDES"
@@ -185,9 +186,16 @@ class Config:
 
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "loss": LossConfig, "optim": OptimConfig, "train": TrainConfig}
 
+#: losses that only some architectures can compute, because only their model returns what the loss needs:
+#: ``{loss: (architectures,)}``. The rest work with every architecture. The table lives here, not in the model
+#: layer, so that :func:`validate` needs no model import; ``tests/test_config.py`` checks it against the
+#: architectures of :mod:`irra_core.model.architectures` (a new architecture that computes ``aux`` is added here).
+ARCH_ONLY_LOSSES: dict[str, tuple[str, ...]] = {"aux": ("php",)}
+ARCH_ONLY_LOSS_NOTES = {"aux": "MoE load balancing over the expert router's statistics"}
+
 CHOICES: dict[str, tuple] = {
-    "data.dataset": ("synthetic", "CUHK-PEDES", "ICFG-PEDES", "RSTPReid"),
-    "data.synthetic_format": ("CUHK-PEDES", "ICFG-PEDES", "RSTPReid"),
+    "data.dataset": DATASET_CHOICES,  # derived from the registry, irra_core/datasets.py
+    "data.synthetic_format": REAL_DATASETS,
     "data.random_erasing_fill": ("mean", "irra_normalised_raw"),
     "data.sampler": ("random", "identity"),
     "data.val_split": ("val", "test"),
@@ -365,8 +373,11 @@ def validate(cfg: Config) -> None:
     names = cfg.loss_names()
     if "mlm" in names and not cfg.data.mlm:
         raise ConfigError("'loss.names' includes 'mlm' but 'data.mlm' is false; set data.mlm=true (IRRA's --MLM)")
-    if "aux" in names and cfg.model.arch != "php":
-        raise ConfigError("'loss.names' includes 'aux' (MoE load balancing) but 'model.arch' is not 'php'")
+    for loss in names:
+        providers = ARCH_ONLY_LOSSES.get(loss)
+        if providers is not None and cfg.model.arch not in providers:
+            raise ConfigError(f"'loss.names' includes {loss!r} ({ARCH_ONLY_LOSS_NOTES[loss]}) but 'model.arch' is "
+                              f"{cfg.model.arch!r}; only {' / '.join(providers)} provide(s) it")
     if len(cfg.data.img_size) != 2:
         raise ConfigError(f"'data.img_size' must be (H, W), got {cfg.data.img_size!r}")
     if cfg.model.topk > cfg.model.num_experts:

@@ -46,11 +46,11 @@ from irra_core.distributed import (DistInfo, all_reduce_sum, barrier, cleanup_di
                                    init_distributed)
 from irra_core.optim import build_optimizer
 from irra_core.runs import RunDir, environment_info
-from irra_core.runtime import tune_allocator
+from irra_core.runtime import device_type, resolve_device, tune_allocator
 from irra_core.scheduler import build_scheduler
 from irra_core.train_progress import EpochMeter, Progress
 
-__all__ = ["fit", "FitResult", "TrainState", "Selection", "resolve_selection", "seed_everything", "resolve_device",
+__all__ = ["fit", "FitResult", "TrainState", "Selection", "resolve_selection", "seed_everything",
            "SELECTION_METRIC"]
 
 #: what "best" means, as in IRRA: text-to-image Rank-1 on the selection split
@@ -109,12 +109,19 @@ def seed_everything(seed: int) -> None:
 
 @contextlib.contextmanager
 def _deterministic(enabled: bool):
-    """``torch.use_deterministic_algorithms`` and cuDNN flags for the duration of the run, then restored."""
+    """``torch.use_deterministic_algorithms``, the cuDNN flags and ``CUBLAS_WORKSPACE_CONFIG`` for the duration of
+    the run, then restored (also on error).
+
+    ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` (deterministic cuBLAS needs it) is set only when unset and removed again
+    afterwards. cuBLAS reads it when a handle is created, so a handle made during the run keeps its workspace
+    setting for the rest of the process (harmless: a fixed workspace only costs a little memory).
+    """
     if not enabled:
         yield
         return
     previous = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic,
                 torch.backends.cudnn.benchmark)
+    previous_cublas = os.environ.get("CUBLAS_WORKSPACE_CONFIG")
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # required by deterministic cuBLAS
     torch.use_deterministic_algorithms(True)
     torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
@@ -123,22 +130,8 @@ def _deterministic(enabled: bool):
     finally:
         torch.use_deterministic_algorithms(previous[0])
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = previous[1], previous[2]
-
-
-def resolve_device(name: str, dist_info: DistInfo | None = None) -> torch.device:
-    """``auto`` -> ``cuda`` when available (``cuda:<local_rank>`` under torchrun), else ``cpu``."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    from irra_core.config import ConfigError
-
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ConfigError(f"train.device = {name!r} but no CUDA device is available; use 'cpu' or 'auto'")
-        if name == "cuda" and dist_info is not None and dist_info.enabled:
-            name = f"cuda:{dist_info.local_rank}"
-    elif name != "cpu":
-        raise ConfigError(f"train.device = {name!r}; choose auto, cpu, cuda or cuda:N")
-    return torch.device(name)
+        if previous_cublas is None:
+            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
 
 
 def _check_precision(cfg: Config, device: torch.device) -> None:
@@ -270,8 +263,7 @@ def fit(cfg: Config, run_dir: str | Path, *, callbacks: Iterable[Any] = (), resu
     tune_allocator()
     callbacks = list(callbacks)
     started_group = not torch.distributed.is_initialized()
-    dist_info = init_distributed(cfg.train.device if cfg.train.device != "auto" else
-                                 ("cuda" if torch.cuda.is_available() else "cpu"))
+    dist_info = init_distributed(device_type(cfg.train.device))
     run_dir = Path(run_dir)
     fresh = not run_dir.exists()
     progress = {"training": False}  # set by _fit once the first step is about to run
@@ -287,24 +279,78 @@ def fit(cfg: Config, run_dir: str | Path, *, callbacks: Iterable[Any] = (), resu
             cleanup_distributed()
 
 
+@dataclass
+class _Loop:
+    """What the epochs of one run share, built once by :func:`_build_loop` (MAE's engine arguments, bundled)."""
+
+    cfg: Config
+    run: RunDir
+    device: torch.device
+    dist_info: DistInfo
+    model: nn.Module  # the bare model (checkpoints, evaluation)
+    train_model: nn.Module  # the model the steps run through (DDP-wrapped under torchrun, after the resume)
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: torch.amp.GradScaler
+    loader: Any
+    state: TrainState
+    progress: Progress
+    callbacks: list  # the main process's callbacks ([] on the other ranks)
+    accum: int  # micro-batches per optimiser step
+    gather: Any  # losses.total_loss's distributed gather (None on one process)
+    loss_weights: dict
+    autocast_dtype: Any
+    eval_split: str | None
+
+    def reached_max_steps(self) -> bool:
+        return bool(self.cfg.train.max_steps and self.state.step >= self.cfg.train.max_steps)
+
+
 def _fit(cfg: Config, run_dir: Path, callbacks: list, resume: bool, dataset: Any, model: nn.Module | None,
          dist_info: DistInfo, progress_flag: dict) -> FitResult:
-    from irra_core.data import build_train_loader, prepare_dataset
-
-    device = resolve_device(cfg.train.device, dist_info)
+    """The run on one screen: set up, resume, then per epoch train -> evaluate and select -> save."""
+    device = resolve_device(cfg.train.device, dist_info.local_rank if dist_info.enabled else None)
     _check_precision(cfg, device)
-    main = dist_info.is_main
+    run, init_notes = _open_run(cfg, run_dir, resume, device, dist_info)
+    seed_everything(cfg.train.seed)  # the model's initial weights are the same on every rank
+    dataset, selection = _prepare_data(cfg, run, dataset, dist_info)
+    loop = _build_loop(cfg, run, dataset, model, resume, init_notes, device, dist_info, callbacks, selection)
+    finished = resume_training(loop, resume) or loop.reached_max_steps()
+    if dist_info.enabled:  # wrapped after the resume, so every rank starts from the restored weights
+        loop.train_model = nn.parallel.DistributedDataParallel(
+            loop.model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False,
+            find_unused_parameters=loop.model.find_unused_parameters)
+    progress_flag["training"] = True
+    epoch = loop.state.epoch + 1
+    while not finished and epoch <= cfg.train.num_epoch:
+        record, stopping = train_one_epoch(loop, epoch)
+        improved = evaluate_and_select(loop, record, stopping)
+        save_epoch(loop, record, improved, stopping)
+        _call(loop.callbacks, "on_epoch_end", loop.state)
+        if stopping or _any_rank(loop.state.stop, device):
+            break
+        epoch += 1
+    return _finish(loop, selection)
+
+
+def _open_run(cfg: Config, run_dir: Path, resume: bool, device: torch.device,
+              dist_info: DistInfo) -> tuple[RunDir, list[str]]:
+    """Open (or check) the run folder on the main process first, so the others never see it half-made."""
     init_notes = _resolve_init(cfg, run_dir, resume)
-    # the main process creates (or checks) the folder first, so the others never see it half-made
-    if main:
+    if dist_info.is_main:
         run = RunDir.open(run_dir, cfg, resume=resume)
         run.record_environment(environment_info(str(device), dist_info.world_size))
     barrier()
-    if not main:
+    if not dist_info.is_main:
         run = RunDir(run_dir)
+    return run, init_notes
 
-    # the model's initial weights are the same on every rank; data order and augmentation differ per rank
-    seed_everything(cfg.train.seed)
+
+def _prepare_data(cfg: Config, run: RunDir, dataset: Any, dist_info: DistInfo) -> tuple[Any, Selection]:
+    """The dataset (prepared on the main process first) and the selection policy, reported once."""
+    from irra_core.data import prepare_dataset
+
+    main = dist_info.is_main
     if dataset is None:
         if main:
             dataset = prepare_dataset(cfg)  # generates the synthetic set once
@@ -312,7 +358,6 @@ def _fit(cfg: Config, run_dir: Path, callbacks: list, resume: bool, dataset: Any
         if not main:
             dataset = prepare_dataset(cfg)
     selection = resolve_selection(cfg, dataset)
-    eval_split = selection.split
     if main:
         if selection.note:
             print(f"selection: {selection.note}", flush=True)
@@ -323,7 +368,16 @@ def _fit(cfg: Config, run_dir: Path, callbacks: list, resume: bool, dataset: Any
         if getattr(dataset, "subset", None):
             print(f"data: {dataset.name} cut to its first {dataset.subset['max_identities']} identities per split "
                   f"(data.max_identities): {dataset.subset['identities']} of {dataset.subset['of']}", flush=True)
+    return dataset, selection
 
+
+def _build_loop(cfg: Config, run: RunDir, dataset: Any, model: nn.Module | None, resume: bool,
+                init_notes: list[str], device: torch.device, dist_info: DistInfo, callbacks: list,
+                selection: Selection) -> _Loop:
+    """Model (built or fine-tuned from ``model.init_from``), optimiser, loader, scheduler, scaler, DDP."""
+    from irra_core.data import build_train_loader
+
+    main = dist_info.is_main
     if model is None:
         from irra_core.model import build_model
 
@@ -337,145 +391,177 @@ def _fit(cfg: Config, run_dir: Path, callbacks: list, resume: bool, dataset: Any
             print(report.summary())
     model.to(device)
     optimizer = build_optimizer(model, cfg.optim)
-    seed_everything(cfg.train.seed + dist_info.rank)
+    seed_everything(cfg.train.seed + dist_info.rank)  # data order and augmentation differ per rank
     loader = build_train_loader(cfg, dataset, rank=dist_info.rank, world_size=dist_info.world_size)
     accum = max(1, cfg.train.grad_accum)
     steps_per_epoch = math.ceil(len(loader) / accum)
     scheduler = build_scheduler(optimizer, cfg.optim, total_epochs=cfg.train.num_epoch,
                                 steps_per_epoch=steps_per_epoch)
-    scaler = torch.amp.GradScaler(device.type, enabled=cfg.model.precision == "fp16")
-
     state = TrainState(cfg=cfg, run=run, model=model, optimizer=optimizer, scheduler=scheduler,
                        num_epoch=cfg.train.num_epoch, steps_per_epoch=steps_per_epoch)
-    start_epoch, finished = 1, False
+    return _Loop(cfg=cfg, run=run, device=device, dist_info=dist_info, model=model, train_model=model,
+                 optimizer=optimizer, scheduler=scheduler,
+                 scaler=torch.amp.GradScaler(device.type, enabled=cfg.model.precision == "fp16"),
+                 loader=loader, state=state, progress=Progress(cfg.train.progress, cfg.train.log_period, enabled=main),
+                 callbacks=callbacks if main else [], accum=accum,
+                 gather=gather_batch if dist_info.enabled else None, loss_weights=cfg.loss_weights(),
+                 autocast_dtype=_AUTOCAST.get(cfg.model.precision), eval_split=selection.split)
+
+
+def resume_training(loop: _Loop, resume: bool) -> bool:
+    """Restore model, optimiser, scheduler, scaler, RNG and counters from ``last.pt`` (``resume=True``); trim
+    ``log.jsonl`` to the finished epochs. Returns whether the checkpointed run had already finished."""
+    run, state, finished = loop.run, loop.state, False
     if resume and run.last_checkpoint.exists():
-        ckpt = load_checkpoint(run.last_checkpoint, map_location=device)
-        restore_training_state(ckpt, model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler)
+        ckpt = load_checkpoint(run.last_checkpoint, map_location=loop.device)
+        restore_training_state(ckpt, model=loop.model, optimizer=loop.optimizer, scheduler=loop.scheduler,
+                               scaler=loop.scaler)
         extra = ckpt.get("extra", {})
-        start_epoch, state.step = ckpt["epoch"] + 1, ckpt["iteration"]
-        state.epoch = ckpt["epoch"]
+        state.epoch, state.step = ckpt["epoch"], ckpt["iteration"]
         state.best_epoch, state.best_score = extra.get("best_epoch"), extra.get("best_score")
         finished = bool(extra.get("finished"))
-        if main:
+        if loop.dist_info.is_main:
             run.trim_log(ckpt["epoch"])
             _repair_best(run, state.best_epoch)
         del ckpt
-    elif main:
+    elif loop.dist_info.is_main:
         run.trim_log(0)  # killed in epoch 1 (maybe after its log line): nothing finished, start clean
     barrier()
+    return finished
 
-    train_model: nn.Module = model
-    if dist_info.enabled:
-        train_model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False,
-            find_unused_parameters=model.find_unused_parameters)
-    progress = Progress(cfg.train.progress, cfg.train.log_period, enabled=main)
-    main_callbacks = callbacks if main else []
-    gather = gather_batch if dist_info.enabled else None
-    loss_weights = cfg.loss_weights()
-    autocast_dtype = _AUTOCAST.get(cfg.model.precision)
-    max_steps = cfg.train.max_steps
-    if max_steps and state.step >= max_steps:
-        finished = True
 
-    epoch = start_epoch
-    progress_flag["training"] = True
-    while not finished and epoch <= cfg.train.num_epoch:
-        state.epoch, state.epoch_step = epoch, 0
-        _set_epoch(loader, epoch)
-        train_model.train()
-        meter = EpochMeter()
-        lr_at_start = optimizer.param_groups[0]["lr"]
-        num_batches = len(loader)
-        progress.start_epoch(epoch, cfg.train.num_epoch, steps_per_epoch)
-        tic = time.perf_counter()
-        optimizer.zero_grad(set_to_none=True)
-        for index, batch in enumerate(loader):
-            group_start = (index // accum) * accum
-            group_size = min(accum, num_batches - group_start)
-            last_in_group = index == group_start + group_size - 1
-            batch = _to_device(batch, device)
-            sync = contextlib.nullcontext() if (last_in_group or not dist_info.enabled) else train_model.no_sync()
-            with sync:
-                with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-                    outputs = train_model(batch)
-                    terms = losses.total_loss(outputs, batch, loss_weights, gather=gather)
-                total = sum(terms.values())
-                if not torch.isfinite(total):
-                    raise FloatingPointError(f"non-finite loss {float(total)} at epoch {epoch}, batch {index} "
-                                             f"({ {k: float(v) for k, v in terms.items()} })")
-                scaler.scale(total / group_size).backward()
-            scalars = meter.update({**losses.batch_metrics(outputs, batch), **terms}, int(batch["pids"].shape[0]))
-            if not last_in_group:
-                continue
-            if cfg.train.grad_clip > 0:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            state.step += 1
-            state.epoch_step += 1
-            state.lr = optimizer.param_groups[0]["lr"]
-            if cfg.optim.scheduler_step == "iteration":
-                scheduler.step()
-            state.outputs = scalars
-            progress.step(epoch, state.epoch_step, steps_per_epoch, scalars, state.lr)
-            _call(main_callbacks, "on_step", state)
-            if (max_steps and state.step >= max_steps) or _any_rank(state.stop, device):
-                break
-        train_time = time.perf_counter() - tic
-        if cfg.optim.scheduler_step == "epoch":
-            scheduler.step()
-        summary = meter.summary(device)
-        routing = summary.pop("routing", None)
-        samples = summary.pop("samples")
-        stopping = bool((max_steps and state.step >= max_steps) or state.stop or epoch == cfg.train.num_epoch)
-        record = {"epoch": epoch, "step": state.step, "lr": lr_at_start, **summary,
-                  "pairs_per_s": samples / train_time if train_time > 0 else float("nan"),
-                  "epoch_time_s": train_time, "samples": samples}
-        if state.epoch_step < steps_per_epoch:
-            record["partial_epoch"] = True
-        if routing is not None:
-            record["routing"] = routing
+def train_one_epoch(loop: _Loop, epoch: int) -> tuple[dict, bool]:
+    """IRRA's epoch: forward -> weighted loss terms -> backward -> step, in ``loop.accum`` micro-batches.
 
-        # evaluation and selection (main process; the others wait)
-        improved = False
-        if main and eval_split is not None and (epoch % max(1, cfg.train.eval_period) == 0 or stopping):
-            state.eval_metrics = _evaluate(model, cfg, eval_split, device, None)
-            record["eval"] = {"split": eval_split, **state.eval_metrics}
-            score = state.eval_metrics[SELECTION_METRIC[0]][SELECTION_METRIC[1]]
-            if state.best_score is None or score > state.best_score:  # strict, as IRRA
-                state.best_score, state.best_epoch, improved = score, epoch, True
-            _call(main_callbacks, "on_eval", state)
-        record["best_epoch"] = state.best_epoch
-        state.record = record
-        if main:
-            run.log(record)
-            extra = {"best_epoch": state.best_epoch, "best_score": state.best_score, "finished": stopping,
-                     "selection_split": eval_split}
-            save_checkpoint(run.last_checkpoint, model=model, optimizer=optimizer, scheduler=scheduler,
-                            scaler=scaler, epoch=epoch, iteration=state.step, config=cfg.to_dict(), extra=extra)
-            if improved:
-                _copy_atomic(run.last_checkpoint, run.best_checkpoint)
-            progress.end_epoch(record)
-        barrier()
-        _call(main_callbacks, "on_epoch_end", state)
-        if stopping or _any_rank(state.stop, device):
+    Returns the epoch's ``log.jsonl`` record (lr at the start, mean terms, pairs/s, seconds) and whether
+    training stops after this epoch (last epoch, ``train.max_steps`` reached or a callback's stop).
+    """
+    cfg, state, optimizer, loader = loop.cfg, loop.state, loop.optimizer, loop.loader
+    state.epoch, state.epoch_step = epoch, 0
+    _set_epoch(loader, epoch)
+    loop.train_model.train()
+    meter = EpochMeter()
+    lr_at_start = optimizer.param_groups[0]["lr"]
+    loop.progress.start_epoch(epoch, cfg.train.num_epoch, state.steps_per_epoch)
+    tic = time.perf_counter()
+    optimizer.zero_grad(set_to_none=True)
+    num_batches = len(loader)
+    for index, batch in enumerate(loader):
+        group_start = (index // loop.accum) * loop.accum
+        group_size = min(loop.accum, num_batches - group_start)
+        last_in_group = index == group_start + group_size - 1
+        scalars = _forward_backward(loop, _to_device(batch, loop.device), meter, group_size, last_in_group, index)
+        if not last_in_group:
+            continue
+        _optimizer_step(loop, scalars)
+        if loop.reached_max_steps() or _any_rank(state.stop, loop.device):
             break
-        epoch += 1
+    train_time = time.perf_counter() - tic
+    if cfg.optim.scheduler_step == "epoch":
+        loop.scheduler.step()
+    summary = meter.summary(loop.device)
+    routing, samples = summary.pop("routing", None), summary.pop("samples")
+    stopping = loop.reached_max_steps() or state.stop or epoch == cfg.train.num_epoch
+    record = {"epoch": epoch, "step": state.step, "lr": lr_at_start, **summary,
+              "pairs_per_s": samples / train_time if train_time > 0 else float("nan"),
+              "epoch_time_s": train_time, "samples": samples}
+    if state.epoch_step < state.steps_per_epoch:
+        record["partial_epoch"] = True
+    if routing is not None:
+        record["routing"] = routing
+    return record, bool(stopping)
 
+
+def _forward_backward(loop: _Loop, batch: dict, meter: EpochMeter, group_size: int, last_in_group: bool,
+                      index: int) -> dict:
+    """One micro-batch: autocast forward, ``losses.total_loss``, scaled backward (DDP syncs on the group's
+    last micro-batch only). Returns the batch's scalars as the meter saw them.
+
+    Raises:
+        FloatingPointError: the summed loss is not finite (names the epoch, batch and each term).
+    """
+    dtype = loop.autocast_dtype
+    sync = contextlib.nullcontext() if (last_in_group or not loop.dist_info.enabled) else loop.train_model.no_sync()
+    with sync:
+        with torch.autocast(loop.device.type, dtype=dtype, enabled=dtype is not None):
+            outputs = loop.train_model(batch)
+            terms = losses.total_loss(outputs, batch, loop.loss_weights, gather=loop.gather)
+        total = sum(terms.values())
+        if not torch.isfinite(total):
+            raise FloatingPointError(f"non-finite loss {float(total)} at epoch {loop.state.epoch}, batch {index} "
+                                     f"({ {k: float(v) for k, v in terms.items()} })")
+        loop.scaler.scale(total / group_size).backward()
+    return meter.update({**losses.batch_metrics(outputs, batch), **terms}, int(batch["pids"].shape[0]))
+
+
+def _optimizer_step(loop: _Loop, scalars: dict) -> None:
+    """Clip (``train.grad_clip``), step, advance the scheduler (per iteration) and tell the callbacks."""
+    cfg, state, optimizer, scaler = loop.cfg, loop.state, loop.optimizer, loop.scaler
+    if cfg.train.grad_clip > 0:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(loop.model.parameters(), cfg.train.grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    state.step += 1
+    state.epoch_step += 1
+    state.lr = optimizer.param_groups[0]["lr"]
+    if cfg.optim.scheduler_step == "iteration":
+        loop.scheduler.step()
+    state.outputs = scalars
+    loop.progress.step(state.epoch, state.epoch_step, state.steps_per_epoch, scalars, state.lr)
+    _call(loop.callbacks, "on_step", state)
+
+
+def evaluate_and_select(loop: _Loop, record: dict, stopping: bool) -> bool:
+    """Every ``train.eval_period`` epochs (and after the last) evaluate on the selection split (main process)
+    and keep the best t2i R1 (strictly better, as IRRA). Adds ``eval`` and ``best_epoch`` to ``record``;
+    returns whether this epoch improved."""
+    cfg, state, epoch, improved = loop.cfg, loop.state, record["epoch"], False
+    due = epoch % max(1, cfg.train.eval_period) == 0 or stopping
+    if loop.dist_info.is_main and loop.eval_split is not None and due:
+        state.eval_metrics = _evaluate(loop.model, cfg, loop.eval_split, loop.device, None)
+        record["eval"] = {"split": loop.eval_split, **state.eval_metrics}
+        score = state.eval_metrics[SELECTION_METRIC[0]][SELECTION_METRIC[1]]
+        if state.best_score is None or score > state.best_score:  # strict, as IRRA
+            state.best_score, state.best_epoch, improved = score, epoch, True
+        _call(loop.callbacks, "on_eval", state)
+    record["best_epoch"] = state.best_epoch
+    state.record = record
+    return improved
+
+
+def save_epoch(loop: _Loop, record: dict, improved: bool, stopping: bool) -> None:
+    """Main process: append ``record`` to ``log.jsonl``, write ``last.pt`` (and copy it to ``best.pt`` when
+    the epoch improved); every rank then waits at a barrier."""
+    run, state = loop.run, loop.state
+    if loop.dist_info.is_main:
+        run.log(record)
+        extra = {"best_epoch": state.best_epoch, "best_score": state.best_score, "finished": stopping,
+                 "selection_split": loop.eval_split}
+        save_checkpoint(run.last_checkpoint, model=loop.model, optimizer=loop.optimizer, scheduler=loop.scheduler,
+                        scaler=loop.scaler, epoch=record["epoch"], iteration=state.step, config=loop.cfg.to_dict(),
+                        extra=extra)
+        if improved:
+            _copy_atomic(run.last_checkpoint, run.best_checkpoint)
+        loop.progress.end_epoch(record)
+    barrier()
+
+
+def _finish(loop: _Loop, selection: Selection) -> FitResult:
+    """Evaluate best and last on the test split (main process), then every rank returns the same result."""
+    run, main = loop.run, loop.dist_info.is_main
     metrics = None
     if main:
-        metrics = _final_report(cfg, run, model, device, selection)
+        metrics = _final_report(loop.cfg, run, loop.model, loop.device, selection)
     barrier()
     if not main:
         metrics = run.read_metrics() if run.metrics_path.exists() else {}
     best = metrics.get("best") or {}
     return FitResult(run_dir=run.path, metrics=metrics, best_epoch=best.get("epoch"),
-                     last_epoch=metrics.get("last", {}).get("epoch", state.epoch),
+                     last_epoch=metrics.get("last", {}).get("epoch", loop.state.epoch),
                      best_checkpoint=run.best_checkpoint if run.best_checkpoint.exists() else None,
-                     last_checkpoint=run.last_checkpoint, log=run.read_log(), model=model)
+                     last_checkpoint=run.last_checkpoint, log=run.read_log(), model=loop.model)
 
 
 def _resolve_init(cfg: Config, run_dir: Path, resume: bool) -> list[str]:

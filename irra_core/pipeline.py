@@ -39,6 +39,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import yaml
 
 from irra_core import paths
+from irra_core.datasets import DATASET_CHOICES
 from irra_core.io_utils import atomic_write_json, read_json
 from irra_core.workbook import PipelineError, default_run_name
 
@@ -63,7 +64,6 @@ DEFAULT_KERNEL = "irra-workbook"
 #: ipykernel uses the inline backend only when MPLBACKEND is unset; ``make`` exports Agg for the tests,
 #: which would leave the executed notebooks without figures, so the kernel gets the inline one explicitly.
 KERNEL_MPLBACKEND = "module://matplotlib_inline.backend_inline"
-DATASETS = ("synthetic", "CUHK-PEDES", "ICFG-PEDES", "RSTPReid")
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -279,14 +279,51 @@ def run_pipeline(*, dataset: str = "synthetic", data_root: str | Path | None = N
         PipelineError: bad flags or parameters, an existing run folder without ``resume``, or a
             notebook that failed (the message names it and the cell; the state file records it).
     """
-    import papermill as pm
-
-    from irra_core.config import PRESET_FAMILIES
-
     extra = dict(params or {})
-    # the standard names may come through --param too (README: --param SEED=2); the runner keeps a few
     given = {"DATASET": dataset, "DATA_ROOT": data_root, "PRESET": preset, "SMOKE": smoke, "DEVICE": device,
              "SEED": seed}
+    given, overrides = _standard_values(given, extra, overrides)
+    if checkpoint:
+        only, extra["CHECKPOINT_PATH"] = checkpoint_notebooks(checkpoint, only, start, stop)
+    notebooks = select_notebooks(discover_notebooks(notebooks_dir), only, start, stop)
+    if not notebooks:
+        raise PipelineError(f"no notebook selected (folder {notebooks_dir or 'notebooks'}, --only {only!r}, "
+                            f"--from {start!r}, --to {stop!r})")
+    declared = inspect_parameters(notebooks)
+    check_extra_parameters(declared, extra)
+
+    runs_root = Path(runs_dir).resolve() if runs_dir is not None else paths.runs_dir()
+    run_dir = _run_folder(runs_root, run_name, given, resume, checkpoint)
+    _preflight(given["DATASET"], given["DATA_ROOT"], given["PRESET"], overrides, smoke=given["SMOKE"],
+               device=given["DEVICE"], seed=given["SEED"])
+    data_root = given["DATA_ROOT"]
+    standard = {"RUN_NAME": run_dir.name, "PRESET": given["PRESET"], "DATASET": given["DATASET"],
+                "DATA_ROOT": str(Path(data_root).resolve()) if data_root is not None else str(paths.data_root()),
+                "OVERRIDES": dict(overrides or {}), "SMOKE": bool(given["SMOKE"]), "DEVICE": given["DEVICE"],
+                "SEED": int(given["SEED"]), "RESUME": bool(resume), "INTERACTIVE": False}
+    result = PipelineResult(run_dir=run_dir)
+    state = _start_state(run_dir, standard, extra, resume, kernel, result, echo)
+    with _kernel_environment(runs_root):
+        failure = _run_notebooks(notebooks, declared, {**standard, **extra}, state, result, resume=resume,
+                                 cell_timeout=cell_timeout, stream=stream, echo=echo)
+    metrics_path = run_dir / "metrics.json"
+    if metrics_path.exists():
+        result.metrics = read_json(metrics_path, "run metrics")
+    if failure is not None:
+        echo(format_summary(result))
+        raise NotebookFailed(failure)
+    return result
+
+
+def _standard_values(given: dict, extra: dict, overrides: Mapping[str, Any] | None) -> tuple[dict, dict | None]:
+    """Move standard names given through ``--param`` (README: ``--param SEED=2``) from ``extra`` into
+    ``given`` (OVERRIDES merge into ``overrides``) and check preset, dataset and device.
+
+    Raises:
+        PipelineError: a runner-only name, a value of the wrong type, or an unknown preset/dataset/device.
+    """
+    from irra_core.config import PRESET_FAMILIES
+
     for name in [n for n in extra if n in STANDARD_PARAMETERS]:
         if name in RUNNER_ONLY:
             raise PipelineError(f"--param {name}=... is decided by the runner; use {FLAG_FOR[name]}")
@@ -298,29 +335,29 @@ def run_pipeline(*, dataset: str = "synthetic", data_root: str | Path | None = N
         else:
             _check_standard_type(name, value)
             given[name] = value
-    dataset, data_root, preset = given["DATASET"], given["DATA_ROOT"], given["PRESET"]
-    smoke, device, seed = given["SMOKE"], given["DEVICE"], given["SEED"]
-    if preset not in PRESET_FAMILIES:
-        raise PipelineError(f"--preset {preset!r} is not one of {sorted(PRESET_FAMILIES)}")
-    if dataset not in DATASETS:
-        raise PipelineError(f"--dataset {dataset!r} is not one of {list(DATASETS)}")
+    if given["PRESET"] not in PRESET_FAMILIES:
+        raise PipelineError(f"--preset {given['PRESET']!r} is not one of {sorted(PRESET_FAMILIES)}")
+    if given["DATASET"] not in DATASET_CHOICES:
+        raise PipelineError(f"--dataset {given['DATASET']!r} is not one of {list(DATASET_CHOICES)}")
+    device = given["DEVICE"]
     if device not in DEVICES and not re.fullmatch(r"cuda:\d+", device):
         raise PipelineError(f"--device {device!r} is not one of {list(DEVICES)} or 'cuda:N'")
+    return given, overrides
 
-    if checkpoint:
-        only, extra["CHECKPOINT_PATH"] = checkpoint_notebooks(checkpoint, only, start, stop)
-    notebooks = select_notebooks(discover_notebooks(notebooks_dir), only, start, stop)
-    if not notebooks:
-        raise PipelineError(f"no notebook selected (folder {notebooks_dir or 'notebooks'}, --only {only!r}, "
-                            f"--from {start!r}, --to {stop!r})")
-    declared = inspect_parameters(notebooks)
-    check_extra_parameters(declared, extra)
 
-    runs_root = Path(runs_dir).resolve() if runs_dir is not None else paths.runs_dir()
+def _run_folder(runs_root: Path, run_name: str | None, given: Mapping[str, Any], resume: bool,
+                checkpoint: str | Path | None) -> Path:
+    """``<runs_root>/<run_name>`` (default name from preset, dataset and smoke), checked against ``resume``.
+
+    Raises:
+        PipelineError: ``resume`` without a run name or folder, a folder that exists without ``resume``, or a
+            run name that is not a plain folder name.
+    """
     if resume and not run_name:
         existing = sorted(p.name for p in runs_root.glob("*") if (p / STATE_FILE).exists()) if runs_root.is_dir() else []
         raise PipelineError("--resume needs --run-name" + (f" (the latest run is {existing[-1]!r})" if existing else ""))
-    run_name = run_name or default_run_name(preset, dataset, smoke=smoke) + ("_checkpoint" if checkpoint else "")
+    run_name = run_name or (default_run_name(given["PRESET"], given["DATASET"], smoke=given["SMOKE"])
+                            + ("_checkpoint" if checkpoint else ""))
     if Path(run_name).name != run_name or run_name in (".", ".."):
         raise PipelineError(f"--run-name {run_name!r} must be a plain folder name")
     run_dir = runs_root / run_name
@@ -329,94 +366,104 @@ def run_pipeline(*, dataset: str = "synthetic", data_root: str | Path | None = N
                             f"another --run-name")
     if resume and not run_dir.exists():
         raise PipelineError(f"--resume: run folder {run_dir} does not exist")
-    _preflight(dataset, data_root, preset, overrides, smoke=smoke, device=device, seed=seed)
+    return run_dir
 
-    standard = {"RUN_NAME": run_name, "PRESET": preset, "DATASET": dataset,
-                "DATA_ROOT": str(Path(data_root).resolve()) if data_root is not None else str(paths.data_root()),
-                "OVERRIDES": dict(overrides or {}), "SMOKE": bool(smoke), "DEVICE": device, "SEED": int(seed),
-                "RESUME": bool(resume), "INTERACTIVE": False}
+
+def _start_state(run_dir: Path, standard: dict, extra: dict, resume: bool, kernel: str | None,
+                 result: PipelineResult, echo: Callable[[str], None]) -> dict:
+    """Read (``resume``) or start ``pipeline.json``, check that a resumed run keeps its parameters, choose the
+    kernel (into ``result``), create ``notebooks/`` and write the state once.
+
+    Raises:
+        PipelineError: a :data:`RESUME_MUST_MATCH` parameter differs from the resumed run's.
+    """
     state = _load_state(run_dir) if resume else {}
-    result = PipelineResult(run_dir=run_dir)
     if resume and not state:
         result.notes.append(f"{run_dir} has no {STATE_FILE}; running every selected notebook")
     for key in RESUME_MUST_MATCH if state else ():
         before = state.get("parameters", {}).get(key)
         if before != standard[key]:
-            flag = FLAG_FOR[key]
-            raise PipelineError(f"--resume: run {run_name!r} was started with {key}={before!r} but this call "
-                                f"gives {standard[key]!r}; pass the same {flag} or start a new run")
-
-    kernel_name, note = choose_kernel(kernel)
-    result.kernel = kernel_name
+            raise PipelineError(f"--resume: run {standard['RUN_NAME']!r} was started with {key}={before!r} but "
+                                f"this call gives {standard[key]!r}; pass the same {FLAG_FOR[key]} or start a new run")
+    result.kernel, note = choose_kernel(kernel)
     if note:
         result.notes.append(note)
     for line in result.notes:
         echo(f"note: {line}")
-
-    out_dir = run_dir / "notebooks"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    state = state or {"run_name": run_name, "created": _now(), "notebooks": {}}
+    (run_dir / "notebooks").mkdir(parents=True, exist_ok=True)
+    state = state or {"run_name": standard["RUN_NAME"], "created": _now(), "notebooks": {}}
     state.update({"parameters": {k: v for k, v in standard.items() if k not in ("RESUME", "INTERACTIVE")},
-                  "kernel": kernel_name, "updated": _now()})
+                  "kernel": result.kernel, "updated": _now()})
     state.setdefault("notebooks", {})
     state.setdefault("extra_parameters", {}).update(extra)
+    _save_state(run_dir, state)
+    return state
 
-    def save_state() -> None:
-        state["updated"] = _now()
-        atomic_write_json(run_dir / STATE_FILE, state)
 
-    save_state()
-    failure: str | None = None
-    with _kernel_environment(runs_root):
-        for nb in notebooks:
-            output = out_dir / nb.name
-            if output.resolve() == nb.resolve():  # the one thing papermill would happily do
-                raise PipelineError(f"refusing to execute {nb} in place")
-            if failure is not None:
-                result.notebooks.append(NotebookResult(nb.stem, "not run", output=output))
-                continue
-            previous = state["notebooks"].get(nb.stem, {})
-            if resume and previous.get("status") == "done":
-                result.notebooks.append(NotebookResult(nb.stem, "skipped", previous.get("duration_s", 0.0), output))
-                echo(f"== {nb.stem}: finished in an earlier call, skipped")
-                continue
-            parameters = {k: v for k, v in standard.items() if k in declared[nb.stem]}
-            parameters.update({k: v for k, v in extra.items() if k in declared[nb.stem]})
-            echo(f"== {nb.stem}: running -> {output}")
-            state["notebooks"][nb.stem] = {"status": "running", "started": _now()}
-            save_state()
-            began = time.perf_counter()
-            try:
-                pm.execute_notebook(str(nb), str(output), parameters=parameters, kernel_name=kernel_name,
-                                    cwd=str(paths.project_root()), progress_bar=False,
-                                    stdout_file=sys.stdout if stream else None,
-                                    stderr_file=sys.stderr if stream else None,
-                                    execution_timeout=cell_timeout)
-            except KeyboardInterrupt:
-                state["notebooks"][nb.stem] = {"status": "interrupted", "finished": _now()}
-                save_state()
-                raise
-            except Exception as exc:  # a cell error (PapermillExecutionError), kernel death or a timeout
-                duration = time.perf_counter() - began
-                failure = _describe_failure(nb, exc, output)
-                state["notebooks"][nb.stem] = {"status": "failed", "duration_s": round(duration, 2),
-                                               "finished": _now(), "error": failure}
-                save_state()
-                result.notebooks.append(NotebookResult(nb.stem, "failed", duration, output, failure))
-                continue
-            duration = time.perf_counter() - began
-            state["notebooks"][nb.stem] = {"status": "done", "duration_s": round(duration, 2), "finished": _now()}
-            save_state()
-            result.notebooks.append(NotebookResult(nb.stem, "done", duration, output))
-            echo(f"== {nb.stem}: done in {duration:.1f} s")
+def _save_state(run_dir: Path, state: dict) -> None:
+    state["updated"] = _now()
+    atomic_write_json(run_dir / STATE_FILE, state)
 
-    metrics_path = run_dir / "metrics.json"
-    if metrics_path.exists():
-        result.metrics = read_json(metrics_path, "run metrics")
-    if failure is not None:
-        echo(format_summary(result))
-        raise NotebookFailed(failure)
-    return result
+
+def _run_notebooks(notebooks: Sequence[Path], declared: Mapping[str, Mapping], parameters: Mapping[str, Any],
+                   state: dict, result: PipelineResult, *, resume: bool, cell_timeout: int | None, stream: bool,
+                   echo: Callable[[str], None]) -> str | None:
+    """Run each notebook in order with the ``parameters`` it declares, into ``result``: skip those a resumed run
+    finished, mark the rest ``not run`` after a failure. Returns the first failure's description, or None."""
+    run_dir, failure = result.run_dir, None
+    for nb in notebooks:
+        output = run_dir / "notebooks" / nb.name
+        if output.resolve() == nb.resolve():  # the one thing papermill would happily do
+            raise PipelineError(f"refusing to execute {nb} in place")
+        previous = state["notebooks"].get(nb.stem, {})
+        if failure is not None:
+            result.notebooks.append(NotebookResult(nb.stem, "not run", output=output))
+        elif resume and previous.get("status") == "done":
+            result.notebooks.append(NotebookResult(nb.stem, "skipped", previous.get("duration_s", 0.0), output))
+            echo(f"== {nb.stem}: finished in an earlier call, skipped")
+        else:
+            own = {k: v for k, v in parameters.items() if k in declared[nb.stem]}
+            outcome = _run_notebook(nb, output, own, state, run_dir, kernel=result.kernel, cell_timeout=cell_timeout,
+                                    stream=stream, echo=echo)
+            result.notebooks.append(outcome)
+            failure = outcome.error or None
+    return failure
+
+
+def _run_notebook(nb: Path, output: Path, parameters: dict, state: dict, run_dir: Path, *, kernel: str,
+                  cell_timeout: int | None, stream: bool, echo: Callable[[str], None]) -> NotebookResult:
+    """Execute one notebook with papermill, recording running/done/failed/interrupted in ``pipeline.json``.
+
+    Returns a ``done`` or ``failed`` :class:`NotebookResult` (``error`` names the cell); a KeyboardInterrupt is
+    recorded and re-raised.
+    """
+    import papermill as pm
+
+    echo(f"== {nb.stem}: running -> {output}")
+    state["notebooks"][nb.stem] = {"status": "running", "started": _now()}
+    _save_state(run_dir, state)
+    began = time.perf_counter()
+    try:
+        pm.execute_notebook(str(nb), str(output), parameters=parameters, kernel_name=kernel,
+                            cwd=str(paths.project_root()), progress_bar=False,
+                            stdout_file=sys.stdout if stream else None, stderr_file=sys.stderr if stream else None,
+                            execution_timeout=cell_timeout)
+    except KeyboardInterrupt:
+        state["notebooks"][nb.stem] = {"status": "interrupted", "finished": _now()}
+        _save_state(run_dir, state)
+        raise
+    except Exception as exc:  # a cell error (PapermillExecutionError), kernel death or a timeout
+        duration = time.perf_counter() - began
+        failure = _describe_failure(nb, exc, output)
+        state["notebooks"][nb.stem] = {"status": "failed", "duration_s": round(duration, 2), "finished": _now(),
+                                       "error": failure}
+        _save_state(run_dir, state)
+        return NotebookResult(nb.stem, "failed", duration, output, failure)
+    duration = time.perf_counter() - began
+    state["notebooks"][nb.stem] = {"status": "done", "duration_s": round(duration, 2), "finished": _now()}
+    _save_state(run_dir, state)
+    echo(f"== {nb.stem}: done in {duration:.1f} s")
+    return NotebookResult(nb.stem, "done", duration, output)
 
 
 def _preflight(dataset: str, data_root: str | Path | None, preset: str, overrides: Mapping[str, Any] | None, *,
@@ -514,7 +561,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m irra_core.pipeline",
         description="Run the numbered workbook notebooks headless with papermill into outputs/runs/<run>/.")
-    parser.add_argument("--dataset", default=None, choices=DATASETS, help="dataset (default: synthetic)")
+    parser.add_argument("--dataset", default=None, choices=DATASET_CHOICES, help="dataset (default: synthetic)")
     parser.add_argument("--data-root", default=None,
                         help="folder holding the datasets (default: IRRA_DATA_ROOT or <project>/data)")
     parser.add_argument("--preset", default=None, help="size family: cpu (small towers) | paper (ViT-B/16, GPU)")

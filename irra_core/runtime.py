@@ -91,3 +91,42 @@ def torch_threads(count: int, device: "torch.device | str" = "cpu") -> Iterator[
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def device_type(name: "str | torch.device | None" = "auto") -> str:
+    """The device type ``name`` resolves to (``"cuda"`` or ``"cpu"``) without checking it: ``auto`` (or None)
+    is ``cuda`` when a CUDA device is available. For choosing a process-group backend before the device
+    itself is resolved (:func:`resolve_device` checks it)."""
+    import torch
+
+    if name is None or str(name) == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return "cuda" if str(name).startswith("cuda") else "cpu"
+
+
+def resolve_device(name: "str | torch.device | None" = "auto", local_rank: int | None = None) -> "torch.device":
+    """The one device resolver of the project (library, commands and notebooks).
+
+    Args:
+        name: ``auto`` (or None) -> ``cuda`` when a CUDA device is available, else ``cpu``; ``cpu``, ``cuda``,
+            ``cuda:N`` or a ``torch.device`` as given.
+        local_rank: under torchrun, the process's local rank: a bare ``cuda`` becomes ``cuda:<local_rank>``.
+
+    Raises:
+        ConfigError: ``name`` asks for CUDA on a machine without it, or names no known device.
+    """
+    import torch
+
+    from irra_core.config import ConfigError
+
+    name = device_type(name) if name is None or str(name) == "auto" else str(name)
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {name!r} asked for, but no CUDA device is available; use 'cpu' or 'auto' "
+                              f"(train.device / --device / DEVICE)")
+        if name == "cuda" and local_rank is not None:
+            name = f"cuda:{local_rank}"
+    elif name != "cpu":
+        raise ConfigError(f"device {name!r} is not known; choose auto, cpu, cuda or cuda:N "
+                          f"(train.device / --device / DEVICE)")
+    return torch.device(name)

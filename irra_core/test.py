@@ -16,6 +16,7 @@ from typing import Sequence
 
 from irra_core.cli import UserError, run_cli
 from irra_core.io_utils import atomic_write_json
+from irra_core.runtime import resolve_device
 
 __all__ = ["main", "format_table"]
 
@@ -84,7 +85,6 @@ def evaluate_run(source: Path, *, checkpoint: str = "best", split: str = "test",
     """
     import torch
 
-    from irra_core.engine import resolve_device
     from irra_core.evaluation import evaluate
     from irra_core.model.load import load_model
     from irra_core.paths import runs_dir

@@ -178,10 +178,9 @@ def _main(argv: Sequence[str] | None = None) -> int:
 
     from irra_core.distributed import DistInfo, cleanup_distributed, init_distributed
     from irra_core.engine import fit
+    from irra_core.runtime import device_type
 
-    device_type = "cuda" if (cfg.train.device.startswith("cuda") or
-                             (cfg.train.device == "auto" and torch.cuda.is_available())) else "cpu"
-    dist_info: DistInfo = init_distributed(device_type)
+    dist_info: DistInfo = init_distributed(device_type(cfg.train.device))
     try:
         run_dir, resume = _run_dir(cfg, args)
         if args.smoke and dist_info.is_main:

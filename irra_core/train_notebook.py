@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from matplotlib.figure import Figure
 
+from irra_core.runtime import resolve_device
 from irra_core.workbook import resolve_run_dir, workbook_config
 
 __all__ = ["NOTEBOOK_PREFIX", "BatchWalkthrough", "training_setup", "one_batch_walkthrough", "sdm_targets_figure",
@@ -103,7 +104,7 @@ def one_batch_walkthrough(cfg: Any) -> BatchWalkthrough:
         whatever :func:`irra_core.data.prepare_dataset` raises for a missing or malformed dataset.
     """
     from irra_core.data import build_train_loader, prepare_dataset
-    from irra_core.engine import resolve_device, seed_everything
+    from irra_core.engine import seed_everything
     from irra_core.losses import sdm_targets, total_loss
     from irra_core.model import build_model, capture_attention
     from irra_core.model.precision import AUTOCAST_DTYPES

@@ -28,13 +28,12 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from irra_core.cli import UserError, run_cli
+from irra_core.datasets import REAL_DATASETS
 
-REAL_DATASETS = ("CUHK-PEDES", "ICFG-PEDES", "RSTPReid")
-#: synthetic variants: dotted config overrides of each
+#: synthetic variants, one per real dataset of the registry: dotted config overrides of each (seed = its index)
 SYNTHETIC_VARIANTS: dict[str, dict[str, Any]] = {
-    "synthetic-CUHK-PEDES": {"data.dataset": "synthetic", "data.synthetic_format": "CUHK-PEDES", "data.synthetic_seed": 0},
-    "synthetic-ICFG-PEDES": {"data.dataset": "synthetic", "data.synthetic_format": "ICFG-PEDES", "data.synthetic_seed": 1},
-    "synthetic-RSTPReid": {"data.dataset": "synthetic", "data.synthetic_format": "RSTPReid", "data.synthetic_seed": 2},
+    f"synthetic-{name}": {"data.dataset": "synthetic", "data.synthetic_format": name, "data.synthetic_seed": seed}
+    for seed, name in enumerate(REAL_DATASETS)
 }
 MATRIX_METRICS = ("R1", "mAP")
 

@@ -126,3 +126,15 @@ def test_loss_weights_new_and_older_keys():
         load_config(None, {"loss.weights": 3})
     with pytest.raises(ConfigError, match="loss.weights.sdm"):
         load_config(None, {"loss.weights.sdm": "heavy"})
+
+
+def test_architecture_only_losses_agree_with_the_model_registry():
+    from irra_core.config import ARCH_ONLY_LOSSES, CHOICES
+    from irra_core.model.architectures import ARCHITECTURES
+
+    assert set(CHOICES["model.arch"]) == set(ARCHITECTURES)
+    for loss, providers in ARCH_ONLY_LOSSES.items():
+        assert loss in config_from_dict({}).loss.weights and set(providers) <= set(ARCHITECTURES)
+    with pytest.raises(ConfigError, match="'aux'.*'model.arch' is 'irra'; only php"):
+        config_from_dict({"loss": {"names": "sdm+aux"}})
+    assert config_from_dict({"model": {"arch": "php"}, "loss": {"names": "sdm+aux"}}).loss_names() == ["sdm", "aux"]

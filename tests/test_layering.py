@@ -7,7 +7,7 @@ the layers, not for cycles.
 
 Layers, lowest first (a module may import its own layer and the layers listed in ``ALLOWED``):
 
-* foundation: the package itself, ``config``, ``paths``, ``io_utils``, ``runtime``, ``errors``, ``cli`` (the
+* foundation: the package itself, ``config``, ``datasets`` (the dataset registry), ``paths``, ``io_utils``, ``runtime``, ``errors``, ``cli`` (the
   error printer of the command-line tools, which imports nothing above it);
 * ``losses`` (torch alone: no ``irra_core`` import at all); ``data`` (never the model);
 * ``model`` (never data, engine or viz; it may use ``losses``);
@@ -31,7 +31,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = "irra_core"
 
-FOUNDATION = {"", "config", "paths", "io_utils", "runtime", "errors", "cli"}
+FOUNDATION = {"", "config", "datasets", "paths", "io_utils", "runtime", "errors", "cli"}
 ENGINE = {"engine", "runs", "optim", "scheduler", "checkpoint", "distributed", "train_progress"}
 WORKBOOK = {"workbook", "train_notebook"}
 ENTRY = {"train", "test", "search", "transfer", "__main__"}

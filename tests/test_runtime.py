@@ -92,3 +92,22 @@ def test_fit_and_encode_split_tune_the_allocator(monkeypatch):
     with pytest.raises(RuntimeError, match="stop"):
         engine.fit(SimpleNamespace(train=SimpleNamespace(device="cpu")), "unused")
     assert calls == ["encode", "fit"]
+
+
+def test_one_device_resolver(monkeypatch):
+    import torch
+
+    from irra_core.config import ConfigError
+    from irra_core.runtime import device_type, resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == resolve_device(None) == torch.device("cpu") == resolve_device(torch.device("cpu"))
+    assert device_type("auto") == "cpu" and device_type("cuda:1") == "cuda"
+    with pytest.raises(ConfigError, match="no CUDA device.*'cpu' or 'auto'"):
+        resolve_device("cuda")
+    with pytest.raises(ConfigError, match="'tpu' is not known; choose auto, cpu, cuda or cuda:N"):
+        resolve_device("tpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert device_type("auto") == "cuda"
+    assert resolve_device("cuda", local_rank=1) == torch.device("cuda:1")
+    assert resolve_device("cuda:0", local_rank=1) == torch.device("cuda:0")

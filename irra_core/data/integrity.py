@@ -21,7 +21,7 @@ from irra_core.data.errors import DatasetError
 from irra_core.data.parsers import SPECS, canonical_name, read_records
 from irra_core.data.tokenizer import token_length
 
-# (ids, images, captions) per split, from the IRRA paper §4.1 (SPEC §1.3)
+# (ids, images, captions) per split, from the IRRA paper §4.1 (SPEC §1.3); optional for a new dataset
 PUBLISHED_SIZES: dict[str, dict[str, tuple[int, int, int]]] = {
     "CUHK-PEDES": {"train": (11003, 34054, 68126), "val": (1000, 3078, 6158), "test": (1000, 3074, 6156)},
     "ICFG-PEDES": {"train": (3102, 34674, 34674), "test": (1000, 19848, 19848)},
@@ -105,7 +105,8 @@ def check_dataset(name: str, root: str | Path, *, context_length: int = 77, deco
     """Check a dataset on disk and return an :class:`IntegrityReport` (never raises on bad data).
 
     Args:
-        name: ``CUHK-PEDES`` | ``ICFG-PEDES`` | ``RSTPReid`` (a synthetic set in that format too).
+        name: a dataset of the registry (:data:`irra_core.datasets.SPECS`: ``CUHK-PEDES`` | ``ICFG-PEDES`` |
+            ``RSTPReid``; a synthetic set in that format too).
         root: the dataset folder or its parent.
         context_length: truncation length for the caption statistics (IRRA: 77).
         decode_images: fully decode every image (finds truncated/corrupt files).
@@ -121,26 +122,35 @@ def check_dataset(name: str, root: str | Path, *, context_length: int = 77, deco
     report.root = str(dataset_dir)
     synthetic = (dataset_dir / "manifest.json").exists() and (dataset_dir / ".irra_synthetic").exists()
     report.stats["synthetic"] = synthetic
-
     by_split: dict[str, list] = defaultdict(list)
     for rec in records:
         by_split[rec.split].append(rec)
     report.stats["splits"] = {s: {"ids": len({r.raw_id for r in recs}), "images": len(recs),
                                   "captions": sum(len(r.captions) for r in recs)}
                               for s, recs in sorted(by_split.items(), key=lambda kv: ("train", "val", "test").index(kv[0]))}
+    _check_images(report, records, dataset_dir / "imgs", decode_images)
+    _check_identity_overlap(report, records)
+    if hash_images:
+        _check_duplicate_images(report, records)
+    _check_captions(report, records, context_length)
+    if not synthetic:  # split sizes against the published ones (real datasets only)
+        _check_split_sizes(report, PUBLISHED_SIZES.get(name, {}))
+    _check_pids(report, by_split.get("train", []), SPECS[name].train_pid_offset, ann_file)
+    return report
 
-    # images: missing (grouped by folder: a missing folder is thousands of files) / undecodable
-    paths = [str(r.img_path) for r in records]
+
+def _check_images(report: IntegrityReport, records: list, img_dir: Path, decode_images: bool) -> None:
+    """Files listed twice (warning), missing (grouped by folder: a missing folder is thousands of files) and
+    undecodable (``decode_images``) images (errors)."""
     counts: dict[str, int] = defaultdict(int)
-    for p in paths:
-        counts[p] += 1
+    for rec in records:
+        counts[str(rec.img_path)] += 1
     for p, n in counts.items():
         if n > 1:
             report.add("warning", "repeated_path", f"{p} is listed {n} times", path=p)
     split_of = {str(r.img_path): r.split for r in records}
     missing = [p for p in counts if not Path(p).exists()]
     report.missing_files = [{"path": p, "split": split_of[p]} for p in missing]
-    img_dir = dataset_dir / "imgs"
     listed = listed_per_folder(list(counts), img_dir)
     for g in group_by_folder(missing, img_dir, split_of=split_of):
         absent = "" if g["folder_exists"] else "; the folder itself does not exist"
@@ -153,7 +163,9 @@ def check_dataset(name: str, root: str | Path, *, context_length: int = 77, deco
         for p, why in find_unreadable(present).items():
             report.add("error", "corrupt_image", f"image file {p} is {why}", split=split_of[p], path=p)
 
-    # identities shared across splits
+
+def _check_identity_overlap(report: IntegrityReport, records: list) -> None:
+    """Identities shared across splits (errors)."""
     splits_of_id: dict[int, set[str]] = defaultdict(set)
     for rec in records:
         splits_of_id[rec.raw_id].add(rec.split)
@@ -161,25 +173,29 @@ def check_dataset(name: str, root: str | Path, *, context_length: int = 77, deco
         if len(splits) > 1:
             report.add("error", "identity_overlap", f"identity {raw_id} appears in splits {sorted(splits)}")
 
-    # identical image content under different identities
-    if hash_images:
-        ids_of_hash: dict[str, set[int]] = defaultdict(set)
-        files_of_hash: dict[str, list[str]] = defaultdict(list)
-        for rec in records:
-            digest = _sha1(rec.img_path)
-            if digest is not None:
-                ids_of_hash[digest].add(rec.raw_id)
-                files_of_hash[digest].append(str(rec.img_path))
-        for digest, ids in ids_of_hash.items():
-            files = sorted(set(files_of_hash[digest]))
-            if len(ids) > 1:
-                report.add("error", "duplicate_image", f"identical image content under identities {sorted(ids)}: "
-                           f"{files[:4]}", path=files[0])
-            elif len(files) > 1:
-                report.add("warning", "duplicate_image_same_identity", f"identical files of identity "
-                           f"{next(iter(ids))}: {files[:4]}", path=files[0])
 
-    # identical captions under different identities
+def _check_duplicate_images(report: IntegrityReport, records: list) -> None:
+    """Identical image content (SHA-1) under different identities (error) or one identity (warning)."""
+    ids_of_hash: dict[str, set[int]] = defaultdict(set)
+    files_of_hash: dict[str, list[str]] = defaultdict(list)
+    for rec in records:
+        digest = _sha1(rec.img_path)
+        if digest is not None:
+            ids_of_hash[digest].add(rec.raw_id)
+            files_of_hash[digest].append(str(rec.img_path))
+    for digest, ids in ids_of_hash.items():
+        files = sorted(set(files_of_hash[digest]))
+        if len(ids) > 1:
+            report.add("error", "duplicate_image", f"identical image content under identities {sorted(ids)}: "
+                       f"{files[:4]}", path=files[0])
+        elif len(files) > 1:
+            report.add("warning", "duplicate_image_same_identity", f"identical files of identity "
+                       f"{next(iter(ids))}: {files[:4]}", path=files[0])
+
+
+def _check_captions(report: IntegrityReport, records: list, context_length: int) -> None:
+    """Identical captions under different identities and captions truncated at ``context_length`` tokens
+    (warnings), with their statistics in ``report.stats``."""
     ids_of_caption: dict[str, set[int]] = defaultdict(set)
     for rec in records:
         for cap in rec.captions:
@@ -190,8 +206,6 @@ def check_dataset(name: str, root: str | Path, *, context_length: int = 77, deco
         example = next(iter(shared.items()))
         report.add("warning", "duplicate_caption", f"{len(shared)} caption(s) appear under several identities, "
                    f"e.g. {example[0][:80]!r} under {sorted(example[1])[:5]}")
-
-    # caption lengths and truncation
     lengths = [token_length(c) for rec in records for c in rec.captions]
     truncated = sum(n > context_length for n in lengths)
     report.stats["caption_tokens"] = {"context_length": context_length, "mean": sum(lengths) / max(1, len(lengths)),
@@ -201,20 +215,21 @@ def check_dataset(name: str, root: str | Path, *, context_length: int = 77, deco
         report.add("warning", "truncated_captions", f"{truncated} of {len(lengths)} captions exceed "
                    f"{context_length} tokens and are truncated")
 
-    # split sizes against the published ones (real datasets only)
-    if not synthetic:
-        for split, (ids, imgs, caps) in PUBLISHED_SIZES[name].items():
-            got = report.stats["splits"].get(split, {"ids": 0, "images": 0, "captions": 0})
-            if (got["ids"], got["images"], got["captions"]) != (ids, imgs, caps):
-                report.add("warning", "split_size", f"{split}: {got['ids']} ids / {got['images']} images / "
-                           f"{got['captions']} captions, published {ids} / {imgs} / {caps}", split=split)
 
-    # training pid contiguity (the ID classifier indexes pids 0..C-1)
-    offset = SPECS[name].train_pid_offset
-    pids = sorted({r.raw_id + offset for r in by_split.get("train", [])})
+def _check_split_sizes(report: IntegrityReport, published: dict[str, tuple[int, int, int]]) -> None:
+    """Split sizes that differ from the published ``(ids, images, captions)`` (warnings)."""
+    for split, (ids, imgs, caps) in published.items():
+        got = report.stats["splits"].get(split, {"ids": 0, "images": 0, "captions": 0})
+        if (got["ids"], got["images"], got["captions"]) != (ids, imgs, caps):
+            report.add("warning", "split_size", f"{split}: {got['ids']} ids / {got['images']} images / "
+                       f"{got['captions']} captions, published {ids} / {imgs} / {caps}", split=split)
+
+
+def _check_pids(report: IntegrityReport, train_records: list, offset: int, ann_file: Path) -> None:
+    """Training pids must be contiguous from 0 (the ID classifier indexes pids 0..C-1); sets ``num_classes``."""
+    pids = sorted({r.raw_id + offset for r in train_records})
     if pids and pids != list(range(len(pids))):
         gaps = sorted(set(range(pids[-1] + 1)) - set(pids))[:5]
         report.add("error", "pid_contiguity", f"{ann_file}: training pids are not 0..{len(pids) - 1} "
                    f"(min {pids[0]}, max {pids[-1]}, missing e.g. {gaps})", split="train")
     report.stats["num_classes"] = len(pids)
-    return report

@@ -17,23 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from irra_core.data.errors import DatasetError
+from irra_core.datasets import SPECS, DatasetSpec  # the registry (one entry per dataset)
 from irra_core.io_utils import read_json
 
 
-@dataclass(frozen=True)
-class DatasetSpec:
-    name: str
-    annotation_files: tuple[str, ...]  # accepted names, first = canonical
-    path_field: str
-    train_pid_offset: int  # pid = int(id) + offset for training entries
-
-
-SPECS: dict[str, DatasetSpec] = {
-    "CUHK-PEDES": DatasetSpec("CUHK-PEDES", ("reid_raw.json",), "file_path", -1),
-    # IRRA's code reads ICFG-PEDES.json while its README names ICFG_PEDES.json: accept both
-    "ICFG-PEDES": DatasetSpec("ICFG-PEDES", ("ICFG-PEDES.json", "ICFG_PEDES.json"), "file_path", 0),
-    "RSTPReid": DatasetSpec("RSTPReid", ("data_captions.json",), "img_path", 0),
-}
 _ALIASES = {k.lower().replace("-", "").replace("_", ""): k for k in SPECS}
 
 

@@ -9,7 +9,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from irra_core.runtime import tune_allocator
+from irra_core.runtime import resolve_device as runtime_resolve_device, tune_allocator
 
 
 @dataclass
@@ -41,17 +41,19 @@ class EncodedSplit:
 
 
 def resolve_device(device: Any = None, cfg: Any = None, model: Optional[nn.Module] = None) -> torch.device:
-    """``device`` if given, else the model's parameters' device, else ``cfg.train.device`` unless
-    "auto", else cuda when available."""
+    """``device`` if given, else the model's parameters' device, else ``cfg.train.device``; the name is then
+    resolved by :func:`irra_core.runtime.resolve_device` (``auto``: cuda when available).
+
+    Raises:
+        ConfigError: a CUDA device asked for where there is none, or an unknown device name.
+    """
     if device is None and model is not None:
         param = next(iter(model.parameters()), None)
         if param is not None:
             return param.device
     if device is None and cfg is not None:
         device = getattr(getattr(cfg, "train", None), "device", None)
-    if device in (None, "auto"):
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(device)
+    return runtime_resolve_device(device)
 
 
 def _autocast(device: torch.device):

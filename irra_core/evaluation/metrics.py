@@ -198,62 +198,32 @@ def rank_per_query(
     scores; results are returned on the CPU. On the CPU the ranking of each chunk runs with
     ``RANKING_CPU_THREADS`` torch threads (:func:`irra_core.runtime.torch_threads`: torch's thread count is
     restored after each chunk).
+
+    Raises:
+        TypeError: no pids; ValueError: both or neither score inputs, bad shapes, pid counts that do not
+            match the scores, an empty problem, or NaN/inf scores (naming the rows).
     """
     if q_pids is None or g_pids is None:
         raise TypeError("rank_per_query needs q_pids and g_pids")
     q_pids, g_pids = _check_pids(q_pids, "q_pids"), _check_pids(g_pids, "g_pids")
-    if similarity is not None:
-        if q_feats is not None or g_feats is not None:
-            raise ValueError("pass either `similarity` or `q_feats`/`g_feats`, not both")
-        if similarity.dim() != 2:
-            raise ValueError(f"similarity must be (Q, G), got shape {tuple(similarity.shape)}")
-        num_q, num_g = similarity.shape
-        device = similarity.device
-    else:
-        if q_feats is None or g_feats is None:
-            raise ValueError("pass `similarity` (Q, G) or both `q_feats` (Q, D) and `g_feats` (G, D)")
-        if q_feats.dim() != 2 or g_feats.dim() != 2 or q_feats.shape[1] != g_feats.shape[1]:
-            raise ValueError(
-                f"q_feats (Q, D) and g_feats (G, D) must share D, got {tuple(q_feats.shape)} and "
-                f"{tuple(g_feats.shape)}"
-            )
-        num_q, num_g = q_feats.shape[0], g_feats.shape[0]
-        device = q_feats.device
+    num_q, num_g, device = _check_scores(similarity, q_feats, g_feats, len(q_pids), len(g_pids))
+    if g_feats is not None:
         g_feats = g_feats.to(device=device, dtype=torch.float32)  # fp16/bf16 features: score in fp32
-    if len(q_pids) != num_q or len(g_pids) != num_g:
-        raise ValueError(
-            f"pid counts ({len(q_pids)} queries, {len(g_pids)} gallery) do not match the scores "
-            f"({num_q} x {num_g})"
-        )
-    if num_q == 0 or num_g == 0:
-        raise ValueError(f"empty retrieval problem ({num_q} queries x {num_g} gallery items)")
-
     positives = _positive_table(q_pids, g_pids)  # (Q, n) CPU
     chunk = chunk_size or default_chunk_size(num_g)
     first, ap, inp, npos = [], [], [], []
     top_i, top_v = [], []
     for start in range(0, num_q, chunk):
         stop = min(num_q, start + chunk)
-        if similarity is not None:
-            scores = similarity[start:stop]
-        else:
-            scores = q_feats[start:stop].float() @ g_feats.T
+        scores = similarity[start:stop] if similarity is not None else q_feats[start:stop].float() @ g_feats.T
         scores = scores.float().contiguous()
         # A finite sum implies finite entries (cheap); only then is the full check skipped.
         if not bool(torch.isfinite(scores.sum())) and not bool(torch.isfinite(scores).all()):
             raise ValueError(f"similarity rows {start}..{stop - 1} contain NaN or inf")
-        pos = positives[start:stop].to(device)
         with torch_threads(RANKING_CPU_THREADS, device):
-            ranks = _rank_chunk(scores, pos).cpu()  # (C, n) ascending, padded with G
-        valid = ranks < num_g
-        count = valid.sum(dim=1)
-        one_based = (ranks + 1).double()
-        hits = torch.arange(1, ranks.shape[1] + 1, dtype=torch.float64).unsqueeze(0)
-        ap.append(((hits / one_based) * valid).sum(dim=1) / count)
-        last = ranks.masked_fill(~valid, -1).max(dim=1).values + 1
-        inp.append(count.double() / last.double())
-        first.append(ranks[:, 0] + 1)
-        npos.append(count)
+            ranks = _rank_chunk(scores, positives[start:stop].to(device)).cpu()  # (C, n) ascending, padded with G
+        for out, value in zip((first, ap, inp, npos), _query_measures(ranks, num_g)):
+            out.append(value)
         if topk:
             v, i = _stable_topk(scores, topk)
             top_v.append(v.cpu())
@@ -266,6 +236,46 @@ def rank_per_query(
         topk_indices=torch.cat(top_i) if topk else None,
         topk_scores=torch.cat(top_v) if topk else None,
     )
+
+
+def _check_scores(similarity: Optional[torch.Tensor], q_feats: Optional[torch.Tensor],
+                  g_feats: Optional[torch.Tensor], num_q_pids: int, num_g_pids: int) -> tuple[int, int, torch.device]:
+    """``(Q, G, device)`` of the scores :func:`rank_per_query` was given, after checking their shapes."""
+    if similarity is not None:
+        if q_feats is not None or g_feats is not None:
+            raise ValueError("pass either `similarity` or `q_feats`/`g_feats`, not both")
+        if similarity.dim() != 2:
+            raise ValueError(f"similarity must be (Q, G), got shape {tuple(similarity.shape)}")
+        (num_q, num_g), device = similarity.shape, similarity.device
+    else:
+        if q_feats is None or g_feats is None:
+            raise ValueError("pass `similarity` (Q, G) or both `q_feats` (Q, D) and `g_feats` (G, D)")
+        if q_feats.dim() != 2 or g_feats.dim() != 2 or q_feats.shape[1] != g_feats.shape[1]:
+            raise ValueError(
+                f"q_feats (Q, D) and g_feats (G, D) must share D, got {tuple(q_feats.shape)} and "
+                f"{tuple(g_feats.shape)}"
+            )
+        num_q, num_g, device = q_feats.shape[0], g_feats.shape[0], q_feats.device
+    if num_q_pids != num_q or num_g_pids != num_g:
+        raise ValueError(
+            f"pid counts ({num_q_pids} queries, {num_g_pids} gallery) do not match the scores "
+            f"({num_q} x {num_g})"
+        )
+    if num_q == 0 or num_g == 0:
+        raise ValueError(f"empty retrieval problem ({num_q} queries x {num_g} gallery items)")
+    return num_q, num_g, device
+
+
+def _query_measures(ranks: torch.Tensor, num_g: int) -> tuple[torch.Tensor, ...]:
+    """From the sorted 0-based ranks of each query's positives (C, n), padded with ``num_g``: the 1-based first-hit
+    rank, AP, INP (float64) and the number of positives, each (C,)."""
+    valid = ranks < num_g
+    count = valid.sum(dim=1)
+    one_based = (ranks + 1).double()
+    hits = torch.arange(1, ranks.shape[1] + 1, dtype=torch.float64).unsqueeze(0)
+    ap = ((hits / one_based) * valid).sum(dim=1) / count
+    last = ranks.masked_fill(~valid, -1).max(dim=1).values + 1
+    return ranks[:, 0] + 1, ap, count.double() / last.double(), count
 
 
 def summarize(per_query: PerQueryRanks, num_gallery: int, max_rank: int = 10) -> dict:

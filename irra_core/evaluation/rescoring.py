@@ -157,15 +157,28 @@ def k_reciprocal_distance(dist: torch.Tensor, num_query: int, *, k1: int = 20, k
     if (dist < 0).any():
         raise ValueError("dist must be non-negative")
     d = (dist / dist.max(dim=0, keepdim=True).values.clamp(min=1e-12)).T.contiguous()
-    k_half = int(round(k1 / 2.0))
     nearest = _first_columns(d, max(k1 + 1, k2))
+    expanded = _expanded_neighbours(nearest, k1, chunk)
+    weights = torch.where(expanded, torch.exp(-d), torch.zeros((), dtype=d.dtype))
+    v = weights / weights.sum(dim=1, keepdim=True)  # Eq. 13
+    if k2 != 1:  # local query expansion, Eq. 14
+        v = torch.cat([v[nearest[s:s + chunk, :k2]].mean(dim=1) for s in range(0, n, chunk)])
+    overlap = _gallery_overlap(v, num_query)
+    jaccard = 1.0 - overlap / (2.0 - overlap)  # Eq. 11
+    return jaccard * (1.0 - lambda_value) + d[:num_query, num_query:] * lambda_value  # Eq. 15
+
+
+def _expanded_neighbours(nearest: torch.Tensor, k1: int, chunk: int) -> torch.Tensor:
+    """(N, N) bool: ``R(i, k1)`` expanded by every ``R(c, round(k1/2))`` sharing more than 2/3 of its items with it
+    (Eq. 12), from each item's nearest columns ``nearest`` (N, >= k1 + 1)."""
+    n = nearest.shape[0]
 
     def reciprocal(k: int) -> torch.Tensor:
         adjacent = torch.zeros(n, n, dtype=torch.bool)
         adjacent.scatter_(1, nearest[:, :k], True)
         return adjacent & adjacent.T
 
-    full, half = reciprocal(k1 + 1), reciprocal(k_half + 1)
+    full, half = reciprocal(k1 + 1), reciprocal(int(round(k1 / 2.0)) + 1)
     half_size = half.sum(dim=1).double()
     # R(i, k1) lies within i's k1 + 1 nearest, so work on those candidate slots only (no N x N x N products)
     cand = nearest[:, :k1 + 1]
@@ -176,12 +189,13 @@ def k_reciprocal_distance(dist: torch.Tensor, num_query: int, *, k1: int = 20, k
         shared = (half[c.unsqueeze(2), c.unsqueeze(1)] & in_r.unsqueeze(1)).sum(dim=2)  # |R(c, k1/2) & R(i, k1)|
         accept = in_r & (shared.double() > (2.0 / 3.0) * half_size[c])
         expanded[start:start + chunk] |= (half[c] & accept.unsqueeze(2)).any(dim=1)
-    weights = torch.where(expanded, torch.exp(-d), torch.zeros((), dtype=d.dtype))
-    v = weights / weights.sum(dim=1, keepdim=True)
-    if k2 != 1:
-        v = torch.cat([v[nearest[s:s + chunk, :k2]].mean(dim=1) for s in range(0, n, chunk)])
-    # Jaccard over the gallery columns: sum_k min(V_q[k], V_g[k]) over the pairs sharing an item k, found
-    # through an inverted index of the gallery's non-zero entries (as the reference procedure does)
+    return expanded
+
+
+def _gallery_overlap(v: torch.Tensor, num_query: int) -> torch.Tensor:
+    """(Q, G) float64 ``sum_k min(V_q[k], V_g[k])`` of the rows of ``v`` (N, N), over the pairs sharing an item
+    ``k``, found through an inverted index of the gallery's non-zero entries (as the reference procedure does)."""
+    n = v.shape[0]
     g_cols, g_rows = (v[num_query:].T > 0).nonzero(as_tuple=True)  # sorted by item k, then gallery j
     g_values = v[num_query:][g_rows, g_cols]
     col_count = torch.bincount(g_cols, minlength=n)
@@ -200,9 +214,7 @@ def k_reciprocal_distance(dist: torch.Tensor, num_query: int, *, k1: int = 20, k
         entry = first + torch.arange(total)  # index into the gallery's non-zero list
         pair = torch.repeat_interleave(rows, counts) * (n - num_query) + g_rows[entry]
         overlap.index_add_(0, pair, torch.minimum(torch.repeat_interleave(values, counts), g_values[entry]))
-    overlap = overlap.view(num_query, n - num_query)
-    jaccard = 1.0 - overlap / (2.0 - overlap)
-    return jaccard * (1.0 - lambda_value) + d[:num_query, num_query:] * lambda_value
+    return overlap.view(num_query, n - num_query)
 
 
 def k_reciprocal(similarity: torch.Tensor, q_feats: torch.Tensor, g_feats: torch.Tensor, *, k1: int = 20, k2: int = 6,
@@ -408,27 +420,33 @@ def rescoring_audit(q_feats: torch.Tensor, g_feats: torch.Tensor, *, bank_feats:
     if max_queries is not None:
         order = order[:max(max_queries, num_probe + 2)]
     probe, others = order[:num_probe], order[num_probe:]
-    halves = (others[: len(others) // 2], others[len(others) // 2:])
-    rows = {}
-    for method in methods:
-        def probe_scores(keep: torch.Tensor) -> torch.Tensor:
-            rows_kept = torch.cat([probe, keep])
-            scores = rescore(method, q[rows_kept] @ g.T, q_feats=q[rows_kept], g_feats=g, bank_feats=bank,
-                             params=(params or {}).get(method))
-            return scores[:num_probe]
-
-        full = probe_scores(others)
-        full_order = torch.sort(full, dim=1, descending=True, stable=True).indices
-        changed = torch.zeros(num_probe, dtype=torch.bool)
-        score_change = 0.0
-        for half in halves:
-            other = probe_scores(half)
-            changed |= (torch.sort(other, dim=1, descending=True, stable=True).indices != full_order).any(dim=1)
-            score_change = max(score_change, float((other - full).abs().max()))
-        label = METHODS[method].transductive
-        rows[method] = {"transductive": label, "depends_on_other_queries": bool(changed.any()),
-                        "probes_reranked": 100.0 * float(changed.double().mean()), "max_score_change": score_change,
-                        "label_matches": bool(changed.any()) == label}
+    rows = {method: _audit_method(method, q, g, bank, probe, others, (params or {}).get(method))
+            for method in methods}
     frame = pd.DataFrame.from_dict(rows, orient="index")
     frame.index.name = "method"
     return frame
+
+
+def _audit_method(method: str, q: torch.Tensor, g: torch.Tensor, bank: Optional[torch.Tensor], probe: torch.Tensor,
+                  others: torch.Tensor, params: Optional[dict]) -> dict:
+    """One row of :func:`rescoring_audit`: re-score the ``probe`` queries with all ``others``, then with each
+    half of them, and compare the probes' stable gallery orders and scores."""
+    num_probe = len(probe)
+
+    def probe_scores(keep: torch.Tensor) -> torch.Tensor:
+        rows_kept = torch.cat([probe, keep])
+        scores = rescore(method, q[rows_kept] @ g.T, q_feats=q[rows_kept], g_feats=g, bank_feats=bank, params=params)
+        return scores[:num_probe]
+
+    full = probe_scores(others)
+    full_order = torch.sort(full, dim=1, descending=True, stable=True).indices
+    changed = torch.zeros(num_probe, dtype=torch.bool)
+    score_change = 0.0
+    for half in (others[: len(others) // 2], others[len(others) // 2:]):
+        other = probe_scores(half)
+        changed |= (torch.sort(other, dim=1, descending=True, stable=True).indices != full_order).any(dim=1)
+        score_change = max(score_change, float((other - full).abs().max()))
+    label = METHODS[method].transductive
+    return {"transductive": label, "depends_on_other_queries": bool(changed.any()),
+            "probes_reranked": 100.0 * float(changed.double().mean()), "max_score_change": score_change,
+            "label_matches": bool(changed.any()) == label}

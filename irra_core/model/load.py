@@ -338,7 +338,20 @@ def fit_sizes_to_weights(cfg: Config, source: CheckpointSource, *, keep_img_size
              "model.patch_size": clip.vision_patch_size, "model.text_width": clip.transformer_width,
              "model.text_layers": clip.transformer_layers, "model.text_heads": text_heads,
              "model.vocab_size": clip.vocab_size, "data.text_length": clip.context_length}
-    state = source.state
+    sizes.update(_head_sizes(cfg, source))
+    for key, value in sizes.items():
+        set_value(cfg, key, value, source=str(source.file))
+    _fit_img_size(cfg, source, int(base["visual.positional_embedding"].shape[0]) - 1, keep_img_size)
+    after = cfg.to_dict()
+    changed = [f"{s}.{k}: {before[s][k]!r} -> {after[s][k]!r}" for s in ("data", "model")
+               for k in after[s] if before[s][k] != after[s][k]]
+    return [f"sizes from the weights: {', '.join(changed)}"] if changed else []
+
+
+def _head_sizes(cfg: Config, source: CheckpointSource) -> dict[str, int]:
+    """Sizes of the heads found in the weights: CRFM part tokens, EFP layers and experts (PHP), the MLM
+    cross-modal transformer's depth."""
+    state, sizes = source.state, {}
     if "crfm.part_tokens" in state and ARCH_HEADS[cfg.model.arch]:
         dim = int(state["crfm.part_tokens"].shape[1])
         sizes["model.cnum"] = int(state["crfm.part_tokens"].shape[0])
@@ -351,28 +364,26 @@ def fit_sizes_to_weights(cfg: Config, source: CheckpointSource, *, keep_img_size
             sizes["model.moe_heads"] = max(1, dim // 64)
     if source.has("cross_modal_transformer.") and "mlm" in cfg.loss_names():
         sizes["model.cmt_depth"] = _count(state, r"^cross_modal_transformer\.resblocks\.(\d+)\.")
-    for key, value in sizes.items():
-        set_value(cfg, key, value, source=str(source.file))
-    rows = int(base["visual.positional_embedding"].shape[0]) - 1
+    return sizes
+
+
+def _fit_img_size(cfg: Config, source: CheckpointSource, rows: int, keep_img_size: bool) -> None:
+    """Check (or, without a saved config, infer) the image size from the ``rows`` patch rows of the checkpoint's
+    image positional embedding; ``keep_img_size`` (fine-tuning) keeps the config's size (resized later)."""
     grid = _grid(tuple(cfg.data.img_size), cfg.model.patch_size, cfg.model.stride_size)
-    if not keep_img_size and grid[0] * grid[1] != rows:
-        if source.config is None and source.options is None:
-            inferred = _source_grid(source)
-            if inferred is None:
-                raise CheckpointError(f"{source.file}: the image positional embedding has {rows} patch rows, which "
-                                       f"is neither a square nor a 3:1 grid; put its configs.yaml next to it or load it with "
-                                       f"load_model(path, img_size=(H, W))")
-            p, st = cfg.model.patch_size, cfg.model.stride_size
-            set_value(cfg, "data.img_size", ((inferred[0] - 1) * st + p, (inferred[1] - 1) * st + p),
-                      source=str(source.file))
-        else:
-            raise CheckpointError(f"{source.file}: the image positional embedding has {rows + 1} rows, but img_size "
-                                   f"{tuple(cfg.data.img_size)} with stride {cfg.model.stride_size} needs "
-                                   f"{grid[0] * grid[1] + 1} (1 + patch grid); pass the checkpoint's img_size")
-    after = cfg.to_dict()
-    changed = [f"{s}.{k}: {before[s][k]!r} -> {after[s][k]!r}" for s in ("data", "model")
-               for k in after[s] if before[s][k] != after[s][k]]
-    return [f"sizes from the weights: {', '.join(changed)}"] if changed else []
+    if keep_img_size or grid[0] * grid[1] == rows:
+        return
+    if source.config is not None or source.options is not None:
+        raise CheckpointError(f"{source.file}: the image positional embedding has {rows + 1} rows, but img_size "
+                               f"{tuple(cfg.data.img_size)} with stride {cfg.model.stride_size} needs "
+                               f"{grid[0] * grid[1] + 1} (1 + patch grid); pass the checkpoint's img_size")
+    inferred = _source_grid(source)
+    if inferred is None:
+        raise CheckpointError(f"{source.file}: the image positional embedding has {rows} patch rows, which "
+                               f"is neither a square nor a 3:1 grid; put its configs.yaml next to it or load it with "
+                               f"load_model(path, img_size=(H, W))")
+    p, st = cfg.model.patch_size, cfg.model.stride_size
+    set_value(cfg, "data.img_size", ((inferred[0] - 1) * st + p, (inferred[1] - 1) * st + p), source=str(source.file))
 
 
 def _source_grid(source: CheckpointSource) -> tuple[int, int] | None:

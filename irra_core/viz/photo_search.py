@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Sequence
 
 from irra_core.cli import UserError
+from irra_core.runtime import resolve_device
 
 __all__ = ["IMAGE_SUFFIXES", "find_images", "Gallery", "gallery_key", "encode_gallery", "rank_sentences",
            "plot_search", "search_photos", "SearchResult"]
@@ -101,13 +102,12 @@ def encode_gallery(model, folder: str | Path, *, img_size: Sequence[int], checkp
 
     Returns:
         A :class:`Gallery`; unreadable files are listed in ``unreadable`` with their reason.
+
+    Raises:
+        UserError: none of the folder's images could be read.
     """
     import torch
-    from tqdm.auto import tqdm
 
-    from irra_core.data import build_transforms
-    from irra_core.data.errors import ImageReadError
-    from irra_core.data.images import read_image
     from irra_core.io_utils import atomic_torch_save
 
     folder = Path(folder).expanduser()
@@ -121,6 +121,29 @@ def encode_gallery(model, folder: str | Path, *, img_size: Sequence[int], checkp
         return Gallery(root=folder, paths=[Path(p) for p in entry["paths"]], feats=entry["feats"],
                        unreadable=[tuple(u) for u in entry["unreadable"]], from_cache=True, cache_file=cache_file,
                        total_files=total)
+    paths, feats, unreadable = _encode_files(model, files, img_size, device, batch_size, progress)
+    if not paths:
+        raise UserError(f"--gallery {folder}: none of its {len(files)} images could be read; first: "
+                        f"{unreadable[0][1]}")
+    gallery = Gallery(root=folder, paths=paths, feats=feats, unreadable=unreadable,
+                      cache_file=cache_file, total_files=total)
+    if cache_file is not None:
+        atomic_torch_save({"key": key, "paths": [str(p) for p in paths], "feats": gallery.feats,
+                           "unreadable": [list(u) for u in unreadable], "checkpoint": checkpoint_id,
+                           "img_size": list(img_size)}, cache_file)
+    return gallery
+
+
+def _encode_files(model, files: Sequence[Path], img_size: Sequence[int], device, batch_size: int,
+                  progress: bool) -> tuple[list[Path], "torch.Tensor | None", list[tuple[str, str]]]:  # noqa: F821
+    """Read and encode ``files`` in batches: ``(paths read, (N, D) float32 features or None, [(path, reason)])``."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from irra_core.data import build_transforms
+    from irra_core.data.errors import ImageReadError
+    from irra_core.data.images import read_image
+
     transform = build_transforms(tuple(img_size), is_train=False)
     paths, feats, unreadable = [], [], []
     model.eval()
@@ -145,16 +168,7 @@ def encode_gallery(model, folder: str | Path, *, img_size: Sequence[int], checkp
         if len(batch) == batch_size:
             flush()
     flush()
-    if not paths:
-        raise UserError(f"--gallery {folder}: none of its {len(files)} images could be read; first: "
-                        f"{unreadable[0][1]}")
-    gallery = Gallery(root=folder, paths=paths, feats=torch.cat(feats), unreadable=unreadable,
-                      cache_file=cache_file, total_files=total)
-    if cache_file is not None:
-        atomic_torch_save({"key": key, "paths": [str(p) for p in paths], "feats": gallery.feats,
-                           "unreadable": [list(u) for u in unreadable], "checkpoint": checkpoint_id,
-                           "img_size": list(img_size)}, cache_file)
-    return gallery
+    return paths, torch.cat(feats) if feats else None, unreadable
 
 
 def rank_sentences(model, gallery: Gallery, sentences: Sequence[str], *, top_k: int = 10, context_length: int = 77,
@@ -255,7 +269,6 @@ def search_photos(checkpoint: str | Path, gallery: str | Path, sentences: Sequen
     """
     import pandas as pd
 
-    from irra_core.engine import resolve_device
     from irra_core.io_utils import atomic_write_text
     from irra_core.model.load import checkpoint_identity, load_model
     from irra_core.paths import cache_dir as default_cache, runs_dir
