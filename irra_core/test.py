@@ -57,7 +57,8 @@ def _main(argv: Sequence[str] | None) -> int:
         if which not in ("best", "last"):
             source, which = Path(which), "best"
         elif not Path(args.config_file).exists():
-            raise FileNotFoundError(f"--config_file {args.config_file} does not exist")
+            raise FileNotFoundError(f"--config_file {args.config_file}: cannot read it (no such file); pass the "
+                                    f"config.yaml of a training run folder, or --checkpoint PATH")
     elif args.checkpoint and args.checkpoint not in ("best", "last"):
         source, which = Path(args.checkpoint), "best"
     else:

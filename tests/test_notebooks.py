@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from irra_core.pipeline import NOTEBOOK_GLOB
+from irra_core.pipeline import NOTEBOOK_GLOB, run_pipeline
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob(NOTEBOOK_GLOB))

@@ -74,15 +74,26 @@ def paired_model_table(runs: Mapping[str, Sequence[str | Path]], pairs: Sequence
     return out
 
 
-def load_eval_records(run_dir: str | Path, models: Sequence[str], checkpoints: Sequence[str] = ("best", "last")) -> dict:
-    """``{(model, checkpoint): metrics.json record}`` of ``<run_dir>/<model>/eval/<checkpoint>_test/``.
+def load_eval_records(run_dir: str | Path, models: Sequence[str],
+                      checkpoints: Sequence[str] | Mapping[str, Sequence[str]] = ("best", "last"), *,
+                      folders: Mapping[str, str | Path] | None = None) -> dict:
+    """``{(model, checkpoint): metrics.json record}`` of ``<folder>/eval/<checkpoint>_test/``.
+
+    Args:
+        run_dir: the workbook run; a model's folder is ``<run_dir>/<model>`` unless ``folders`` names it.
+        models: the models to read.
+        checkpoints: the checkpoints of every model, or ``{model: checkpoints}`` (a run without a validation
+            split has only ``last``; an existing checkpoint evaluated by ``pipeline --checkpoint``, ``checkpoint``).
+        folders: ``{model: folder}`` overriding ``<run_dir>/<model>``.
 
     Raises:
         FileNotFoundError: a record is missing (evaluate the checkpoint with ``out_dir`` first).
     """
-    run_dir = Path(run_dir)
-    return {(model, which): read_json(run_dir / model / "eval" / f"{which}_test" / "metrics.json", "evaluation metrics")
-            for model in models for which in checkpoints}
+    run_dir, folders = Path(run_dir), dict(folders or {})
+    per_model = checkpoints if isinstance(checkpoints, Mapping) else {model: checkpoints for model in models}
+    return {(model, which): read_json(Path(folders.get(model, run_dir / model)) / "eval" / f"{which}_test"
+                                      / "metrics.json", "evaluation metrics")
+            for model in models for which in per_model[model]}
 
 
 def interval_table(records: Mapping, task: str = "t2i", decimals: int = 2):
@@ -113,7 +124,7 @@ def attach_intervals(headline: Mapping, records: Mapping) -> dict:
     """
     out = {**headline, "models": {m: {**v} for m, v in headline.get("models", {}).items()}}
     for model, values in out["models"].items():
-        for which in ("best", "last"):
+        for which in list(values):  # best, last (or checkpoint: pipeline --checkpoint)
             record = records.get((model, which))
             if record is not None and "ci" in record and isinstance(values.get(which), Mapping):
                 values[which] = {**values[which], "ci": record["ci"], "bootstrap": record["bootstrap"]}

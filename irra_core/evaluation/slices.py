@@ -196,10 +196,11 @@ def slice_metrics(queries: Any, slices: Sequence[Slice], *, n_resamples: int = D
 
 
 def run_slices(train_dir: Any, checkpoint: str = "best", *, n_resamples: int = DEFAULT_RESAMPLES, seed: int = 0,
-               min_queries: int = 20):
+               min_queries: int = 20, cfg: Any = None):
     """:func:`slice_metrics` of a training run's test evaluation (``eval/<checkpoint>_test/queries.csv``), with
-    :func:`default_slices` from its dataset (``config.yaml``): synthetic attributes when ``attributes.json``
-    exists, colour and garment words otherwise."""
+    :func:`default_slices` from its dataset (``config.yaml``, or ``cfg`` when given, e.g. an existing checkpoint's
+    evaluation configuration): synthetic attributes when ``attributes.json`` exists, colour and garment words
+    otherwise."""
     from pathlib import Path
 
     from irra_core.config import load_config
@@ -208,7 +209,7 @@ def run_slices(train_dir: Any, checkpoint: str = "best", *, n_resamples: int = D
     from irra_core.evaluation.report import load_queries
 
     train_dir = Path(train_dir)
-    dataset = prepare_dataset(load_config(train_dir / "config.yaml"))
+    dataset = prepare_dataset(cfg if cfg is not None else load_config(train_dir / "config.yaml"))
     queries = load_queries(train_dir / "eval" / f"{checkpoint}_test")
     slices = default_slices(queries, dataset.test["image_pids"], attribute_table(dataset))
     return slice_metrics(queries, slices, n_resamples=n_resamples, seed=seed, min_queries=min_queries)
