@@ -81,8 +81,10 @@ def evaluate_run(source: Path, *, checkpoint: str = "best", split: str = "test",
 
     Returns:
         ``(metrics, out_dir, load_report)``; metrics in percent (``{"t2i": {R1..mINP}, "i2t": {...}}``). Results go
-        to ``<folder>/eval/<split>_<checkpoint>/`` for a folder and ``outputs/eval/<file stem>_<dataset>_<split>/``
-        for a bare file, unless ``out_dir`` is given.
+        to :func:`default_out_dir` unless ``out_dir`` is given (a released folder is never written into).
+
+    Raises:
+        UserError: the output folder cannot be created (before anything is evaluated).
     """
     import torch
 
@@ -100,19 +102,37 @@ def evaluate_run(source: Path, *, checkpoint: str = "best", split: str = "test",
     dev = resolve_device(device)
     model = load_model(source, checkpoint=checkpoint, **overrides)
     cfg, report = model.cfg, model.load_report
-    if out_dir:
-        target = Path(out_dir)
-    elif Path(source).is_dir():
-        tag = "reference" if report.kind == "reference-run" else Path(report.file).stem
-        target = Path(source) / "eval" / f"{split}_{tag}"
-    else:
-        target = runs_dir().parent / "eval" / f"{Path(source).stem}_{cfg.data.dataset}_{split}"
+    target = Path(out_dir) if out_dir else default_out_dir(source, report, cfg.data.dataset, split, runs_dir())
+    try:  # before the evaluation, so an unwritable place fails at once
+        target.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot write the results to {target} ({exc.strerror or exc}); pass --out_dir with a "
+                        f"writable folder") from exc
+    if (target / "command.json").exists():
+        print(f"note: {target} holds an earlier evaluation of the same checkpoint, dataset and split; replacing it")
     model.to(dev).eval()
     with torch.no_grad():
         metrics = evaluate(model, cfg, split, device=dev, batch_size=batch_size, out_dir=target)
     atomic_write_json(target / "command.json", {"checkpoint": str(source), "which": checkpoint, "split": split,
                                                 "dataset": cfg.data.dataset, "load_report": report.to_dict()})
     return metrics, target, report
+
+
+def default_out_dir(source: Path, report, dataset: str, split: str, runs: Path) -> Path:
+    """Where ``test`` writes when no ``--out_dir`` is given.
+
+    A workbook run folder keeps its results: ``<run>/eval/<split>_<checkpoint>/``. Anything else (a released log
+    folder, a bare file) is never written into: ``outputs/eval/<name>_<dataset>_<split>_<hash>/``, where the hash
+    (8 hex digits of the weights file's absolute path) keeps two ``best.pth`` of different releases apart.
+    """
+    import hashlib
+
+    source = Path(source)
+    if report.kind == "workbook-run" and source.is_dir():
+        return source / "eval" / f"{split}_{Path(report.file).stem}"
+    name = source.name if source.is_dir() else source.stem
+    digest = hashlib.sha256(str(Path(report.file).resolve()).encode()).hexdigest()[:8]
+    return runs.parent / "eval" / f"{name}_{dataset}_{split}_{digest}"
 
 
 if __name__ == "__main__":

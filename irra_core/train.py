@@ -169,6 +169,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run_cli(_main, argv)
 
 
+def smoke_schedule(cfg) -> str:
+    """The smoke preset's non-size settings as they ended up in ``cfg`` (batch, optimiser, schedule, device), for
+    the line that says what ``--smoke`` changed besides sizes."""
+    from irra_core.config import PRESET_DIR
+
+    smoke = yaml.safe_load((PRESET_DIR / "smoke.yaml").read_text(encoding="utf-8"))
+    keys = ["data.batch_size"] + [f"{section}.{key}" for section in ("optim", "train") for key in smoke.get(section, {})]
+    values = []
+    for key in keys:
+        section, field = key.split(".")
+        values.append(f"{key}={getattr(getattr(cfg, section), field)}")
+    return ", ".join(values)
+
+
 def _main(argv: Sequence[str] | None = None) -> int:
     cfg, args = config_from_argv(argv)
     if args.dry_run:
@@ -186,7 +200,8 @@ def _main(argv: Sequence[str] | None = None) -> int:
         if args.smoke and dist_info.is_main:
             where = ("the synthetic set" if cfg.data.dataset == "synthetic" else
                      f"{cfg.data.dataset} from {cfg.data.root}, its first {cfg.data.max_identities} identities per split")
-            print(f"smoke: tiny sizes on {where}", flush=True)
+            print(f"smoke: tiny sizes on {where}; a smoke run also sets {smoke_schedule(cfg)} "
+                  f"(irra_core/configs/smoke.yaml): the run without --smoke uses your values", flush=True)
         if dist_info.enabled:  # every rank must use rank 0's folder (names carry a timestamp)
             holder = [str(run_dir)]
             torch.distributed.broadcast_object_list(holder, src=0)

@@ -271,3 +271,37 @@ def test_a_paper_run_loads_offline_without_asking_for_clip_weights(tmp_path, mon
     assert any("ViT-B/16" in n and "ignored" in n for n in loaded.model.load_report.notes)
     for key, value in model.state_dict().items():
         assert torch.equal(loaded.model.state_dict()[key], value)
+
+
+def test_test_command_never_writes_into_a_release_and_keeps_two_releases_apart(tmp_path):
+    """``test`` writes a released folder's or a bare file's results under outputs/eval with a hash of the weights
+    path (two ``best.pth`` never share a folder); a workbook run keeps its own ``eval/``."""
+    from types import SimpleNamespace
+
+    from irra_core.test import default_out_dir
+
+    runs = tmp_path / "outputs" / "runs"
+    a, b = tmp_path / "relA", tmp_path / "relB"
+    for folder in (a, b):
+        folder.mkdir()
+    out_a = default_out_dir(a, SimpleNamespace(kind="reference-run", file=a / "best.pth"), "CUHK-PEDES", "test", runs)
+    out_b = default_out_dir(b / "best.pth", SimpleNamespace(kind="file", file=b / "best.pth"), "CUHK-PEDES", "test",
+                            runs)
+    assert out_a.parent == out_b.parent == tmp_path / "outputs" / "eval" and out_a != out_b
+    assert a not in out_a.parents and out_a.name.startswith("relA_CUHK-PEDES_test_")
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    ours = default_out_dir(run, SimpleNamespace(kind="workbook-run", file=run / "checkpoints" / "last.pt"),
+                           "synthetic", "test", runs)
+    assert ours == run / "eval" / "test_last"
+
+
+def test_test_command_fails_before_evaluating_when_it_cannot_write(reference_dir, tmp_path, capsys):
+    from irra_core import test as test_cli
+
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    code = test_cli.main(["--checkpoint", str(reference_dir / "irra_tiny"), "--root_dir", str(tmp_path / "nowhere"),
+                          "--out_dir", str(blocker / "results")])
+    err = capsys.readouterr().err
+    assert code == 2 and "cannot write the results to" in err and "Traceback" not in err

@@ -31,10 +31,11 @@ def _main(argv: list[str] | None = None) -> int:
     check.add_argument("--json", help="also write the report as JSON to this file")
     synth = sub.add_parser("synth", help="write a synthetic dataset")
     synth.add_argument("--root", required=True, help="the dataset folder to create")
-    synth.add_argument("--format", default=REAL_DATASETS[0], help=" | ".join(REAL_DATASETS))
-    synth.add_argument("--identities", type=int, default=400)
-    synth.add_argument("--images-per-id", type=int, default=4)
-    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--format", default=REAL_DATASETS[0], choices=REAL_DATASETS,
+                       help="the on-disk layout to write (annotation file and image folders of that dataset)")
+    synth.add_argument("--identities", type=int, default=400, help="people to draw (default 400)")
+    synth.add_argument("--images-per-id", type=int, default=4, help="images per person (default 4)")
+    synth.add_argument("--seed", type=int, default=0, help="generator seed (default 0)")
     args = parser.parse_args(argv)
 
     if args.command == "check":

@@ -244,7 +244,8 @@ def read_checkpoint(path: str | Path, checkpoint: str = "best") -> CheckpointSou
             file = path / "checkpoints" / f"{checkpoint}.pt"
             if checkpoint == "best" and not file.exists() and (path / "checkpoints" / "last.pt").exists():
                 file = path / "checkpoints" / "last.pt"
-                notes.append("the run has no best.pt (it never evaluated): last.pt is used")
+                notes.append("the run has no best.pt (it selected its last epoch, see its metrics.json 'selection'): "
+                             "last.pt is used")
             config = _read_workbook_config(path / "config.yaml")
         elif (path / "configs.yaml").exists():
             kind = "reference-run"
