@@ -33,10 +33,11 @@ def prepare_dataset(cfg: Any) -> PedesDataset:
     if data.dataset == "synthetic":
         from irra_core.data.synthetic import make_synthetic_pedes, synthetic_dir
 
+        test_k = data.synthetic_test_images_per_id or None
         folder = synthetic_dir(data.root, data.synthetic_format, data.synthetic_identities,
-                               data.synthetic_images_per_id, data.synthetic_seed)
+                               data.synthetic_images_per_id, data.synthetic_seed, test_k)
         make_synthetic_pedes(folder, data.synthetic_format, data.synthetic_identities,
-                             data.synthetic_images_per_id, data.synthetic_seed)
+                             data.synthetic_images_per_id, data.synthetic_seed, test_images_per_id=test_k)
         return build_dataset(data.synthetic_format, folder)
     return build_dataset(data.dataset, Path(data.root))
 

@@ -21,6 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     synth.add_argument("--identities", type=int, default=400)
     synth.add_argument("--images-per-id", type=int, default=4)
     synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--test-images-per-id", type=int, default=None, help="default: --images-per-id")
     args = parser.parse_args(argv)
 
     if args.command == "check":
@@ -41,7 +42,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if report.ok else 1
     from irra_core.data.synthetic import make_synthetic_pedes
 
-    path = make_synthetic_pedes(args.root, args.format, args.identities, args.images_per_id, args.seed)
+    path = make_synthetic_pedes(args.root, args.format, args.identities, args.images_per_id, args.seed,
+                                test_images_per_id=args.test_images_per_id)
     print(path)
     return 0
 

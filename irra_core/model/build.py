@@ -25,7 +25,8 @@ def clip_config_from_cfg(cfg: Config) -> CLIPConfig:
         embed_dim=m.embed_dim, image_resolution=tuple(cfg.data.img_size), vision_layers=m.vision_layers,
         vision_width=m.vision_width, vision_patch_size=m.patch_size, stride_size=m.stride_size,
         context_length=cfg.data.text_length, vocab_size=m.vocab_size, transformer_width=m.text_width,
-        transformer_heads=m.text_heads, transformer_layers=m.text_layers, vision_heads=m.vision_heads)
+        transformer_heads=m.text_heads, transformer_layers=m.text_layers, vision_heads=m.vision_heads,
+        vision_stem=m.conv_stem)
 
 
 def build_model(cfg: Config, num_classes: int) -> nn.Module:
@@ -40,6 +41,9 @@ def build_model(cfg: Config, num_classes: int) -> nn.Module:
         layout (``legacy_fp16``: IRRA's fp16 conversion; autocast modes keep float32 weights).
     """
     if cfg.model.pretrained:
+        if cfg.model.conv_stem:
+            raise ValueError("model.conv_stem builds a new image stem that pretrained CLIP weights do not have; "
+                             "set model.conv_stem=false to load pretrained weights")
         from irra_core.model.pretrained import load_clip_state_dict
 
         state = load_clip_state_dict(cfg.model.pretrained)

@@ -287,15 +287,46 @@ def patch_grid(image_size: tuple[int, int], patch_size: int, stride_size: int) -
     return (h - patch_size) // stride_size + 1, (w - patch_size) // stride_size + 1
 
 
+def conv_stem(patch_size: int, stride_size: int, width: int) -> nn.Sequential:
+    """A convolutional stem (Xiao et al. 2021, "Early Convolutions Help Transformers See Better"): 3x3
+    stride-2 conv + BatchNorm + ReLU blocks, channels doubling up to ``width // 2``, until the image is
+    ``patch_size`` times smaller; ``conv1`` (1x1, to ``width``) follows it. Images (B, 3, H, W) ->
+    (B, width // 2, H / p, W / p) with padding 1, so the grid is ``ceil(H / p) x ceil(W / p)``, the
+    patch grid's for sizes divisible by ``p``.
+
+    A deviation from ViT-B/16 for from-scratch training on a CPU (``model.conv_stem``; off in the paper
+    presets): the 16x16 patchify conv learns slowly without pretraining.
+
+    Raises:
+        ValueError: ``stride_size != patch_size`` or ``patch_size`` not a power of two.
+    """
+    if stride_size != patch_size or patch_size < 2 or patch_size & (patch_size - 1):
+        raise ValueError(f"model.conv_stem needs stride_size == patch_size and a power-of-two patch size, got "
+                         f"patch_size={patch_size}, stride_size={stride_size}")
+    stages = patch_size.bit_length() - 1
+    channels = [3] + [max(8, (width // 2) >> (stages - 1 - i)) for i in range(stages)]
+    blocks: list[nn.Module] = []
+    for c_in, c_out in zip(channels[:-1], channels[1:]):
+        blocks += [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(c_out),
+                   nn.ReLU(inplace=True)]
+    return nn.Sequential(*blocks)
+
+
 class VisionTransformer(nn.Module):
-    """CLIP's ViT on (H, W) images with IRRA's (possibly overlapping) patch stride."""
+    """CLIP's ViT on (H, W) images with IRRA's (possibly overlapping) patch stride; with ``stem=True`` a
+    convolutional stem (:func:`conv_stem`) replaces the patchify conv (``conv1`` is then its 1x1 head)."""
 
     def __init__(self, image_size: tuple[int, int], patch_size: int, stride_size: int, width: int,
-                 layers: int, heads: int, output_dim: int) -> None:
+                 layers: int, heads: int, output_dim: int, stem: bool = False) -> None:
         super().__init__()
         self.image_size = tuple(image_size)
         self.grid = patch_grid(self.image_size, patch_size, stride_size)
-        self.conv1 = nn.Conv2d(3, width, kernel_size=patch_size, stride=stride_size, bias=False)
+        if stem:
+            self.stem = conv_stem(patch_size, stride_size, width)
+            self.conv1 = nn.Conv2d(self.stem[-3].out_channels, width, kernel_size=1, bias=False)
+        else:
+            self.stem = None
+            self.conv1 = nn.Conv2d(3, width, kernel_size=patch_size, stride=stride_size, bias=False)
         scale = width ** -0.5
         self.class_embedding = nn.Parameter(scale * torch.randn(width))
         self.positional_embedding = nn.Parameter(scale * torch.randn(1 + self.grid[0] * self.grid[1], width))
@@ -310,7 +341,10 @@ class VisionTransformer(nn.Module):
         dtype = self.conv1.weight.dtype
         # the residual stream stays in the weights' dtype (fp32, or fp16 under legacy_fp16) even when the conv
         # runs under autocast, so additions promote bf16/fp16 sub-layer outputs back to fp32
-        x = self.conv1(images.to(dtype)).to(dtype)  # (B, width, rows, cols)
+        x = images.to(dtype)
+        if self.stem is not None:
+            x = self.stem(x)
+        x = self.conv1(x).to(dtype)  # (B, width, rows, cols)
         if tuple(x.shape[-2:]) != self.grid:
             raise ValueError(f"images of size {tuple(images.shape[-2:])} give a {tuple(x.shape[-2:])} patch grid; "
                              f"this model was built for {self.image_size} (grid {self.grid})")
@@ -338,6 +372,7 @@ class CLIPConfig:
     transformer_heads: int
     transformer_layers: int
     vision_heads: int
+    vision_stem: bool = False  # a convolutional stem instead of the patchify conv (model.conv_stem)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -352,7 +387,7 @@ class CLIP(nn.Module):
         self.context_length = config.context_length
         self.visual = VisionTransformer(config.image_resolution, config.vision_patch_size, config.stride_size,
                                         config.vision_width, config.vision_layers, config.vision_heads,
-                                        config.embed_dim)
+                                        config.embed_dim, stem=config.vision_stem)
         width = config.transformer_width
         self.transformer = Transformer(width, config.transformer_layers, config.transformer_heads)
         self.token_embedding = nn.Embedding(config.vocab_size, width)
