@@ -33,11 +33,12 @@ def prepare_dataset(cfg: Any) -> PedesDataset:
     if data.dataset == "synthetic":
         from irra_core.data.synthetic import make_synthetic_pedes, synthetic_dir
 
-        test_k = data.synthetic_test_images_per_id or None
+        extra = {"test_images_per_id": data.synthetic_test_images_per_id or None,
+                 "eval_identities": data.synthetic_eval_identities or None}
         folder = synthetic_dir(data.root, data.synthetic_format, data.synthetic_identities,
-                               data.synthetic_images_per_id, data.synthetic_seed, test_k)
+                               data.synthetic_images_per_id, data.synthetic_seed, **extra)
         make_synthetic_pedes(folder, data.synthetic_format, data.synthetic_identities,
-                             data.synthetic_images_per_id, data.synthetic_seed, test_images_per_id=test_k)
+                             data.synthetic_images_per_id, data.synthetic_seed, **extra)
         return build_dataset(data.synthetic_format, folder)
     return build_dataset(data.dataset, Path(data.root))
 

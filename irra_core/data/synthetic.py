@@ -107,15 +107,22 @@ def _mutate(a: dict[str, str], rng: np.random.Generator) -> dict[str, str]:
     return b
 
 
-def make_identities(num_identities: int, seed: int) -> list[dict[str, Any]]:
+def make_identities(num_identities: int, seed: int, eval_identities: int | None = None) -> list[dict[str, Any]]:
     """Identities grouped in families (root + siblings differing in one attribute), with a split.
+
+    Args:
+        eval_identities: identities in each of val and test (default 20% of ``num_identities`` each;
+            whole families, so a split may exceed it by up to 3); the rest train.
 
     Returns:
         list of dicts: attribute values plus ``family`` (int), ``differs_in`` (attribute name or
-        ``None`` for a family root) and ``split`` (train/val/test, ~60/20/20 of identities).
+        ``None`` for a family root) and ``split`` (train/val/test, ~60/20/20 of identities by default).
     """
     if num_identities < 3:
         raise ValueError(f"num_identities must be >= 3 (one per split), got {num_identities}")
+    if eval_identities is not None and not 1 <= eval_identities <= (num_identities - 1) // 2:
+        raise ValueError(f"eval_identities={eval_identities} must be between 1 and (num_identities - 1) / 2 "
+                         f"(= {(num_identities - 1) // 2}) so that train keeps identities")
     rng = np.random.default_rng([seed, 7001])
     seen: set[tuple] = set()
     families: list[list[dict[str, Any]]] = []
@@ -140,8 +147,7 @@ def make_identities(num_identities: int, seed: int) -> list[dict[str, Any]]:
         families.append(fam)
         total += len(fam)
     order = rng.permutation(len(families))
-    n_test = max(1, round(0.2 * num_identities))
-    n_val = max(1, round(0.2 * num_identities))
+    n_test = n_val = eval_identities or max(1, round(0.2 * num_identities))
     identities: list[dict[str, Any]] = []
     counts = {"test": 0, "val": 0}
     for fam_no, f in enumerate(order):
@@ -531,11 +537,13 @@ def _format_ids(identities: list[dict[str, Any]], fmt: str) -> None:
 
 
 def synthetic_params(fmt: str, num_identities: int, images_per_id: int, seed: int,
-                     captions_per_image: int = 2, test_images_per_id: int | None = None) -> dict[str, Any]:
+                     captions_per_image: int = 2, test_images_per_id: int | None = None,
+                     eval_identities: int | None = None) -> dict[str, Any]:
     """The parameters a generated folder's ``manifest.json`` records (a folder with others is rebuilt)."""
     return {"format": canonical_name(fmt), "num_identities": int(num_identities),
             "images_per_id": int(images_per_id), "seed": int(seed), "captions_per_image": int(captions_per_image),
-            "test_images_per_id": int(test_images_per_id or images_per_id), "version": GENERATOR_VERSION}
+            "test_images_per_id": int(test_images_per_id or images_per_id),
+            "eval_identities": int(eval_identities or 0), "version": GENERATOR_VERSION}
 
 
 def is_complete(root: str | Path, params: dict[str, Any]) -> bool:
@@ -549,7 +557,8 @@ def is_complete(root: str | Path, params: dict[str, Any]) -> bool:
 
 def make_synthetic_pedes(root: str | Path, fmt: str = "CUHK-PEDES", num_identities: int = 400,
                          images_per_id: int = 4, seed: int = 0, captions_per_image: int = 2,
-                         force: bool = False, test_images_per_id: int | None = None) -> Path:
+                         force: bool = False, test_images_per_id: int | None = None,
+                         eval_identities: int | None = None) -> Path:
     """Write a synthetic dataset in ``fmt``'s on-disk layout into the folder ``root``.
 
     The folder becomes a dataset folder: ``<annotation file>``, ``imgs/``, ``attributes.json``
@@ -569,13 +578,16 @@ def make_synthetic_pedes(root: str | Path, fmt: str = "CUHK-PEDES", num_identiti
         force: rebuild even when complete.
         test_images_per_id: images per test identity (default ``images_per_id``); ICFG-PEDES's test split
             has ~20 images per identity, which sets how many identities share an evaluation batch.
+        eval_identities: identities in each of val and test (default 20% each): more training identities
+            (more attribute combinations) without a larger, more ambiguous test gallery.
 
     Returns:
         ``root`` as a resolved Path.
     """
     fmt = canonical_name(fmt)
     root = Path(root).expanduser().resolve()
-    params = synthetic_params(fmt, num_identities, images_per_id, seed, captions_per_image, test_images_per_id)
+    params = synthetic_params(fmt, num_identities, images_per_id, seed, captions_per_image, test_images_per_id,
+                              eval_identities)
     if images_per_id < 1 or captions_per_image < 1 or params["test_images_per_id"] < 1:
         raise ValueError("images_per_id, test_images_per_id and captions_per_image must be >= 1")
     if not force and is_complete(root, params):
@@ -606,7 +618,7 @@ def _write(folder: Path, params: dict[str, Any]) -> None:
     spec = SPECS[fmt]
     folder.mkdir(parents=True)
     (folder / MARKER).write_text("written by irra_core.data.synthetic\n")
-    identities = make_identities(params["num_identities"], seed)
+    identities = make_identities(params["num_identities"], seed, params["eval_identities"] or None)
     if fmt == "ICFG-PEDES":  # ICFG has no val split
         for ident in identities:
             if ident["split"] == "val":
@@ -640,10 +652,11 @@ def _write(folder: Path, params: dict[str, Any]) -> None:
 
 
 def synthetic_dir(root: str | Path, fmt: str, num_identities: int, images_per_id: int, seed: int,
-                  test_images_per_id: int | None = None) -> Path:
-    """``<root>/synthetic/<fmt>-n<ids>-k<imgs>-s<seed>`` (``-t<test imgs>`` when the test split has its own
-    count), the folder :func:`prepare_dataset` uses."""
+                  test_images_per_id: int | None = None, eval_identities: int | None = None) -> Path:
+    """``<root>/synthetic/<fmt>-n<ids>-k<imgs>-s<seed>`` (with ``-t<test imgs>`` when the test split has its
+    own count, ``-e<ids>`` when val/test have a set size), the folder :func:`prepare_dataset` uses."""
     test = f"-t{test_images_per_id}" if test_images_per_id and test_images_per_id != images_per_id else ""
+    test += f"-e{eval_identities}" if eval_identities else ""
     return Path(root) / "synthetic" / f"{canonical_name(fmt)}-n{num_identities}-k{images_per_id}{test}-s{seed}"
 
 
