@@ -120,3 +120,31 @@ def test_attribute_words_and_score_table():
     assert table.loc[("lower", "noun"), "hit_rate"] == 0.0
     assert table.loc[("upper", "noun"), "hit_rate"] == pytest.approx(50.0)  # flat: the uniform rate
     assert table.loc[("all", "all"), "words"] == 4
+
+
+def test_word_patch_maps_on_untrained_models(tmp_path):
+    """Both readers produce (L, P) maps with the split's boxes; scoring and plotting run end to end."""
+    from irra_core.config import load_config
+    from irra_core.data import prepare_dataset
+    from irra_core.model import build_model
+    from irra_core.viz import attention as A
+    from irra_core.viz.inspect import InspectRun
+
+    tables = {}
+    for arch in ("irra", "php"):
+        cfg = load_config(f"{arch}-cpu", {"data.root": str(tmp_path)}, smoke=True)
+        torch.manual_seed(0)
+        ds = prepare_dataset(cfg)
+        model = build_model(cfg, ds.num_classes).eval()
+        run = InspectRun(name=arch, model=model, split=ds.test, img_size=tuple(cfg.data.img_size),
+                         text_length=cfg.data.text_length, cfg=cfg)
+        samples, grid, source = A.word_patch_maps(run, 6, seed=0)
+        assert source == ("cross-attention" if arch == "irra" else "CRFM")
+        for maps, tokens, regions in samples:
+            assert maps.shape == (len(tokens), grid[0] * grid[1])
+            assert torch.all(maps >= 0)
+            assert "upper" in regions
+        tables[arch] = A.pointing_by_part(A.score_pointing(samples, grid))
+        assert tables[arch]["part"].iloc[-1] == "all" and tables[arch]["words"].iloc[-1] > 0
+        A.plot_pointing_examples(samples[:2], grid, [run.display_image(0)] * 2)
+    A.plot_pointing(tables)

@@ -311,3 +311,131 @@ def score_pointing(maps: Sequence[tuple[torch.Tensor, Sequence[str], dict]], gri
     table[["hit_rate", "uniform_rate"]] *= 100.0
     table["lift"] = table["hit_rate"] / table["uniform_rate"].where(table["uniform_rate"] > 0)
     return table
+
+
+def word_patch_maps(run, num_pairs: int = 200, seed: int = 0) -> tuple[list, tuple[int, int], str]:
+    """Word -> patch maps of ``num_pairs`` random test captions on their identity's first gallery image,
+    with that image's part boxes, ready for :func:`score_pointing`.
+
+    IRRA: the relation-reasoning branch's cross-attention (:func:`irra_core.viz.inspect.capture_cross`).
+    PHP: through CRFM's unified tokens, ``map(word) = sum_c share_c(word) * crfm_image[c]`` where
+    ``share_c(word)`` is the CRFM text weight of unified token c on the word, normalised over c (the word's
+    split among the unified tokens), and ``crfm_image[c]`` (P,) that token's weights over the patches.
+
+    Args:
+        run: an :class:`irra_core.viz.inspect.InspectRun` on a synthetic split (its images have
+            ``regions.json`` boxes).
+
+    Returns:
+        ``(samples, grid, source)``: ``[(maps (L, P), tokens, regions)]``, the patch grid and
+        ``"cross-attention"`` | ``"CRFM"``.
+
+    Raises:
+        ValueError: the model has neither an MLM branch nor CRFM.
+        FileNotFoundError: the split's images have no ``regions.json`` (not synthetic).
+    """
+    from irra_core.data.synthetic import load_regions
+    from irra_core.viz.inspect import capture_cross, capture_image, capture_text, decode_tokens, first_gallery_image
+
+    model = run.model
+    rng = np.random.default_rng([seed, 31])
+    captions = run.split["captions"]
+    queries = rng.choice(len(captions), size=min(num_pairs, len(captions)), replace=False)
+    irra_branch = hasattr(model, "cross_former") and hasattr(model, "cross_attn")
+    samples, grid = [], None
+    for q in queries:
+        g = first_gallery_image(run, int(q))
+        regions = load_regions(run.split["img_paths"][g])
+        if irra_branch:
+            maps, words, grid = capture_cross(run, g, captions[q])
+        else:
+            att, _ = capture_image(run, [g])
+            if "crfm_image" not in att.maps:
+                raise ValueError(f"{run.name}: neither an MLM branch nor CRFM to read word -> patch maps from")
+            image_tokens = att.maps["crfm_image"][0][0].float()  # (cnum, P)
+            grid = tuple(att.meta["grid"])
+            text_att, _, ids = capture_text(run, [captions[q]])
+            words = decode_tokens(ids[0])
+            share = text_att.maps["crfm_text"][0][0][:, :len(words)].float()  # (cnum, L')
+            share = share / share.sum(0, keepdim=True).clamp_min(1e-12)
+            maps = share.T @ image_tokens  # (L', P)
+        samples.append((maps, words, regions))
+    return samples, tuple(grid), "cross-attention" if irra_branch else "CRFM"
+
+
+def pointing_by_part(table):
+    """:func:`score_pointing`'s rows pooled over word kinds: one row per part (word-weighted rates), ``all`` last."""
+    import pandas as pd
+
+    rows = []
+    for part, t in table[table["kind"] != "all"].groupby("part", sort=True):
+        n = t["words"].sum()
+        rows.append({"part": part, "words": int(n), "hit_rate": (t["hit_rate"] * t["words"]).sum() / n,
+                     "uniform_rate": (t["uniform_rate"] * t["words"]).sum() / n})
+    rows += [{k: v for k, v in r.items() if k != "kind"} for r in table[table["kind"] == "all"].to_dict("records")]
+    out = pd.DataFrame(rows, columns=["part", "words", "hit_rate", "uniform_rate"])
+    out["lift"] = out["hit_rate"] / out["uniform_rate"].where(out["uniform_rate"] > 0)
+    return out
+
+
+def plot_pointing(tables: dict, *, ax=None, title: str = "") -> Figure:
+    """Bars of the pointing-game hit rate per part, one bar per model, against the uniform-attention rate.
+
+    Args:
+        tables: ``{model name: pointing_by_part(...) DataFrame}``.
+    """
+    fig, ax = _new_axes(ax, (8, 3.4))
+    parts = sorted({p for t in tables.values() for p in t["part"]} - {"all"}) + ["all"]
+    width = 0.8 / (len(tables) + 1)
+    x = np.arange(len(parts))
+    uniform = None
+    for k, (name, t) in enumerate(tables.items()):
+        t = t.set_index("part").reindex(parts)
+        ax.bar(x + (k - len(tables) / 2) * width, t["hit_rate"], width=width, label=f"{name}: hit rate")
+        uniform = t["uniform_rate"] if uniform is None else uniform.fillna(t["uniform_rate"])
+    if uniform is not None:
+        ax.bar(x + (len(tables) / 2) * width, uniform, width=width, color="0.7", label="uniform attention")
+    ax.set_xticks(x, parts, fontsize=8)
+    ax.set_ylabel("pointing game (%)")
+    ax.set_ylim(0, 100)
+    ax.legend(fontsize=8)
+    ax.set_title(title or "does a word's attention peak inside the part it names?")
+    return fig
+
+
+def plot_pointing_examples(samples: Sequence[tuple], grid: tuple[int, int], images: Sequence[np.ndarray], *,
+                           per_sample: int = 2, fig: Figure | None = None, title: str = "") -> Figure:
+    """Examples of the pointing game: for each (caption, image) sample, up to ``per_sample`` attribute words
+    (nouns first), their word -> patch map over the image, the named part's box (green: the map's peak
+    falls inside it, red: it does not) and the peak cell (white dot).
+
+    Args:
+        samples: ``(maps (L, P), tokens, regions)`` as from :func:`word_patch_maps`.
+        images: the (H, W, 3) display image of each sample.
+    """
+    import matplotlib.patches as mpatches
+
+    panels = []
+    for (maps, tokens, regions), image in zip(samples, images):
+        words = sorted((w for w in attribute_words(tokens) if w[1] in regions), key=lambda w: w[2] != "noun")
+        panels += [(maps[i], tokens[i], regions[part], part, image) for i, part, _ in words[:per_sample]]
+    if not panels:
+        raise ValueError("no attribute word with a drawn part in these samples")
+    ncols = min(8, len(panels))
+    nrows = -(-len(panels) // ncols)
+    fig = fig or Figure(figsize=(1.5 * ncols, 3.3 * nrows))
+    axes = np.asarray(fig.subplots(nrows, ncols, squeeze=False)).ravel()
+    gh, gw = grid
+    for ax, (weights, word, box, part, image) in zip(axes, panels):
+        hit, _ = pointing_game(weights, box, grid)
+        plot_heat_overlay(image, patches_to_grid(weights, grid), ax=ax, title=f"'{word}' -> {part}")
+        h, w = image.shape[:2]
+        x0, y0, x1, y1 = box
+        ax.add_patch(mpatches.Rectangle((x0 * w, y0 * h), (x1 - x0) * w, (y1 - y0) * h, fill=False,
+                                        edgecolor="lime" if hit >= 0.5 else "red", linewidth=1.5))
+        peak = int(torch.as_tensor(weights).float().argmax())
+        ax.plot((peak % gw + 0.5) * w / gw, (peak // gw + 0.5) * h / gh, "o", color="white", markersize=4)
+    for ax in axes[len(panels):]:
+        ax.set_axis_off()
+    fig.suptitle(title or "attribute word -> patch map, with the part's box (green: peak inside)")
+    return fig
