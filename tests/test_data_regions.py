@@ -138,7 +138,8 @@ def test_word_patch_maps_on_untrained_models(tmp_path):
         model = build_model(cfg, ds.num_classes).eval()
         run = InspectRun(name=arch, model=model, split=ds.test, img_size=tuple(cfg.data.img_size),
                          text_length=cfg.data.text_length, cfg=cfg)
-        samples, grid, source = A.word_patch_maps(run, 6, seed=0)
+        samples, grid, source, images = A.word_patch_maps(run, 6, seed=0)
+        assert len(images) == len(samples) and all(run.split["image_pids"][g] for g in images)
         assert source == ("cross-attention" if arch == "irra" else "CRFM")
         for maps, tokens, regions in samples:
             assert maps.shape == (len(tokens), grid[0] * grid[1])
@@ -146,5 +147,5 @@ def test_word_patch_maps_on_untrained_models(tmp_path):
             assert "upper" in regions
         tables[arch] = A.pointing_by_part(A.score_pointing(samples, grid))
         assert tables[arch]["part"].iloc[-1] == "all" and tables[arch]["words"].iloc[-1] > 0
-        A.plot_pointing_examples(samples[:2], grid, [run.display_image(0)] * 2)
+        A.plot_pointing_examples(samples[:2], grid, [run.display_image(g) for g in images[:2]])
     A.plot_pointing(tables)

@@ -313,7 +313,7 @@ def score_pointing(maps: Sequence[tuple[torch.Tensor, Sequence[str], dict]], gri
     return table
 
 
-def word_patch_maps(run, num_pairs: int = 200, seed: int = 0) -> tuple[list, tuple[int, int], str]:
+def word_patch_maps(run, num_pairs: int = 200, seed: int = 0) -> tuple[list, tuple[int, int], str, list[int]]:
     """Word -> patch maps of ``num_pairs`` random test captions on their identity's first gallery image,
     with that image's part boxes, ready for :func:`score_pointing`.
 
@@ -327,8 +327,8 @@ def word_patch_maps(run, num_pairs: int = 200, seed: int = 0) -> tuple[list, tup
             ``regions.json`` boxes).
 
     Returns:
-        ``(samples, grid, source)``: ``[(maps (L, P), tokens, regions)]``, the patch grid and
-        ``"cross-attention"`` | ``"CRFM"``.
+        ``(samples, grid, source, images)``: ``[(maps (L, P), tokens, regions)]``, the patch grid,
+        ``"cross-attention"`` | ``"CRFM"`` and the gallery index of each sample's image.
 
     Raises:
         ValueError: the model has neither an MLM branch nor CRFM.
@@ -342,9 +342,10 @@ def word_patch_maps(run, num_pairs: int = 200, seed: int = 0) -> tuple[list, tup
     captions = run.split["captions"]
     queries = rng.choice(len(captions), size=min(num_pairs, len(captions)), replace=False)
     irra_branch = hasattr(model, "cross_former") and hasattr(model, "cross_attn")
-    samples, grid = [], None
+    samples, grid, images = [], None, []
     for q in queries:
         g = first_gallery_image(run, int(q))
+        images.append(g)
         regions = load_regions(run.split["img_paths"][g])
         if irra_branch:
             maps, words, grid = capture_cross(run, g, captions[q])
@@ -360,7 +361,7 @@ def word_patch_maps(run, num_pairs: int = 200, seed: int = 0) -> tuple[list, tup
             share = share / share.sum(0, keepdim=True).clamp_min(1e-12)
             maps = share.T @ image_tokens  # (L', P)
         samples.append((maps, words, regions))
-    return samples, tuple(grid), "cross-attention" if irra_branch else "CRFM"
+    return samples, tuple(grid), "cross-attention" if irra_branch else "CRFM", images
 
 
 def pointing_by_part(table):
