@@ -131,13 +131,12 @@ def test_word_patch_maps_on_untrained_models(tmp_path):
     from irra_core.viz.inspect import InspectRun
 
     tables = {}
-    for arch in ("irra", "php"):
-        cfg = load_config(f"{arch}-cpu", {"data.root": str(tmp_path)}, smoke=True)
+    cfgs = {arch: load_config(f"{arch}-cpu", {"data.root": str(tmp_path)}, smoke=True) for arch in ("irra", "php")}
+    ds = prepare_dataset(cfgs["irra"])
+    for arch, cfg in cfgs.items():
         torch.manual_seed(0)
-        ds = prepare_dataset(cfg)
-        model = build_model(cfg, ds.num_classes).eval()
-        run = InspectRun(name=arch, model=model, split=ds.test, img_size=tuple(cfg.data.img_size),
-                         text_length=cfg.data.text_length, cfg=cfg)
+        run = InspectRun(name=arch, model=build_model(cfg, ds.num_classes).eval(), split=ds.test, cfg=cfg,
+                         img_size=tuple(cfg.data.img_size), text_length=cfg.data.text_length)
         samples, grid, source, images = A.word_patch_maps(run, 6, seed=0)
         assert len(images) == len(samples) and all(run.split["image_pids"][g] for g in images)
         assert source == ("cross-attention" if arch == "irra" else "CRFM")

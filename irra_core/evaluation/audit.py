@@ -90,6 +90,15 @@ def subset_split(split: dict, max_queries: Optional[int] = None, max_gallery: Op
     }
 
 
+def _audited_split(cfg: Any, split: Any, max_queries: Optional[int], max_gallery: Optional[int]) -> dict:
+    """The split dict (``"val"``/``"test"`` of ``prepare_dataset(cfg)``, or a dict) cut to whole identities."""
+    if isinstance(split, str):
+        from irra_core.data import prepare_dataset
+
+        split = getattr(prepare_dataset(cfg), split)
+    return subset_split(split, max_queries, max_gallery)
+
+
 def _relative_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     scale = b.norm(dim=1).clamp(min=1e-12)
     return float(((a - b).norm(dim=1) / scale).max()) if len(a) else 0.0
@@ -121,13 +130,7 @@ def leak_audit(
     ``max_queries`` / ``max_gallery`` audit the first whole
     identities only, to keep it cheap.
     """
-    if isinstance(split, str):
-        from irra_core.data import prepare_dataset
-
-        split_dict = getattr(prepare_dataset(cfg), split)
-    else:
-        split_dict = split
-    split_dict = subset_split(split_dict, max_queries, max_gallery)
+    split_dict = _audited_split(cfg, split, max_queries, max_gallery)
     dev = resolve_device(device, cfg, model)
     on_gpu = dev.type == "cuda"
     tolerance = tolerance if tolerance is not None else (2e-2 if on_gpu else 1e-4)
@@ -215,13 +218,7 @@ def inflation_curve(
     import numpy as np
     import pandas as pd
 
-    if isinstance(split, str):
-        from irra_core.data import prepare_dataset
-
-        split_dict = getattr(prepare_dataset(cfg), split)
-    else:
-        split_dict = split
-    split_dict = subset_split(split_dict, max_queries, None)
+    split_dict = _audited_split(cfg, split, max_queries, None)
     dev = resolve_device(device, cfg, model)
     g_pids, q_pids = split_dict["image_pids"], split_dict["caption_pids"]
     # the order build_eval_loaders uses when shuffling (same rng draws)
