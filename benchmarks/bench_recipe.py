@@ -58,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
            "val_r1": round(val["t2i"]["R1"], 2), "val_map": round(val["t2i"]["mAP"], 2),
            "test_r1": round(test["t2i"]["R1"], 2), "test_map": round(test["t2i"]["mAP"], 2),
            "last_loss": {k: round(v, 3) for k, v in log[-1].items() if "loss" in k and isinstance(v, float)},
-           "loadavg_before": [round(v, 2) for v in load_before], "loadavg_after": [round(v, 2) for v in os.getloadavg()]}
+           "loadavg_before": [round(v, 2) for v in load_before],
+           "loadavg_after": [round(v, 2) for v in os.getloadavg()]}
     print(f"| {args.preset} {args.tag} | {steps} | {train_s:.0f} | {steps / train_s:.2f} | "
           f"{row['val_r1']:.1f} / {row['val_map']:.1f} | {row['test_r1']:.1f} / {row['test_map']:.1f} |")
     print(json.dumps(row))

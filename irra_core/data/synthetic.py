@@ -410,8 +410,8 @@ def render_person(a: dict[str, Any], rng: np.random.Generator, size: tuple[int, 
                    (ex + leg_w * 0.55, Y(end)), (ex - leg_w * 0.55, Y(end))]
             d.polygon(leg, fill=lower)
             note("lower", leg)
-        shoe = [lx - leg_w * 0.8 + (leg_w * 0.3 if side else 0), Y(0.915), lx + leg_w * 0.8 + (leg_w * 0.4 if side else 0),
-                Y(0.975)]
+        shoe = [lx - leg_w * 0.8 + (leg_w * 0.3 if side else 0), Y(0.915),
+                lx + leg_w * 0.8 + (leg_w * 0.4 if side else 0), Y(0.975)]
         d.ellipse(shoe, fill=PALETTE[a["shoes_colour"]])
         note("shoes", shoe)
     # hips / skirt
