@@ -44,6 +44,8 @@ class DataConfig:
     synthetic_format: str = "CUHK-PEDES"
     synthetic_identities: int = 400  # total identities over train/val/test
     synthetic_images_per_id: int = 4
+    synthetic_test_images_per_id: int = 0  # images per test identity (0 = synthetic_images_per_id; ICFG ~20)
+    synthetic_eval_identities: int = 0  # identities in each of val and test (0 = 20% each; the rest train)
     synthetic_seed: int = 0
     img_size: tuple = (384, 128)  # (H, W)
     img_aug: bool = False
@@ -80,6 +82,9 @@ class ModelConfig:
     vision_heads: int = 12
     patch_size: int = 16
     stride_size: int = 16
+    # a convolutional stem (3x3 stride-2 convs) instead of ViT-B/16's patchify conv: a deviation for
+    # from-scratch training on a CPU (the *-cpu presets); off in the paper presets
+    conv_stem: bool = False
     text_width: int = 512
     text_layers: int = 12
     text_heads: int = 8
@@ -139,7 +144,7 @@ class OptimConfig:
     milestones: tuple = (20, 50)
     gamma: float = 0.1
     warmup_factor: float = 0.1
-    warmup_epochs: int = 5
+    warmup_epochs: float = 5  # may be fractional (a share of a short run; per-iteration schedules)
     warmup_method: str = "linear"  # linear | constant
     target_lr: float = 0.0
     power: float = 0.9

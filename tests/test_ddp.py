@@ -17,7 +17,9 @@ from irra_core.engine import fit
 # AdamW's eps 1e-8 turns float noise in near-zero gradients (padding positions) into full +-lr first steps
 OVERRIDES = {"optim.optimizer": "Adam", "loss.names": "sdm+itc+id", "data.mlm": False, "train.max_steps": 1, "train.deterministic": True,
              "train.device": "cpu", "train.progress": "none", "data.synthetic_identities": 10,
-             "optim.warmup_epochs": 0}
+             "optim.warmup_epochs": 0,
+             # the cpu presets' conv stem has BatchNorm, whose statistics are per rank (no SyncBatchNorm)
+             "model.conv_stem": False}
 PER_RANK_BATCH = 4
 # IRRA's training transform flips at random, drawing from each process's RNG in sample order; the test
 # transform (no flip) makes the images of the two set-ups identical, which is what the comparison needs

@@ -43,10 +43,12 @@ def prepare_dataset(cfg: Any) -> PedesDataset:
     if data.dataset == "synthetic":
         from irra_core.data.synthetic import make_synthetic_pedes, synthetic_dir
 
+        extra = {"test_images_per_id": data.synthetic_test_images_per_id or None,
+                 "eval_identities": data.synthetic_eval_identities or None}
         folder = synthetic_dir(data.root, data.synthetic_format, data.synthetic_identities,
-                               data.synthetic_images_per_id, data.synthetic_seed)
+                               data.synthetic_images_per_id, data.synthetic_seed, **extra)
         make_synthetic_pedes(folder, data.synthetic_format, data.synthetic_identities,
-                             data.synthetic_images_per_id, data.synthetic_seed)
+                             data.synthetic_images_per_id, data.synthetic_seed, **extra)
         dataset = build_dataset(data.synthetic_format, folder)
     else:
         dataset = build_dataset(data.dataset, Path(data.root))

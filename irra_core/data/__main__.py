@@ -36,6 +36,7 @@ def _main(argv: list[str] | None = None) -> int:
     synth.add_argument("--identities", type=int, default=400, help="people to draw (default 400)")
     synth.add_argument("--images-per-id", type=int, default=4, help="images per person (default 4)")
     synth.add_argument("--seed", type=int, default=0, help="generator seed (default 0)")
+    synth.add_argument("--test-images-per-id", type=int, default=None, help="default: --images-per-id")
     args = parser.parse_args(argv)
 
     if args.command == "check":
@@ -52,7 +53,8 @@ def _main(argv: list[str] | None = None) -> int:
     from irra_core.data.synthetic import make_synthetic_pedes
 
     try:
-        path = make_synthetic_pedes(args.root, args.format, args.identities, args.images_per_id, args.seed)
+        path = make_synthetic_pedes(args.root, args.format, args.identities, args.images_per_id, args.seed,
+                                    test_images_per_id=args.test_images_per_id)
     except (FileExistsError, ValueError) as exc:  # a foreign folder, or sizes the generator cannot make
         raise UserError(f"--root {args.root}: {exc}") from exc
     print(path)

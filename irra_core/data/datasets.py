@@ -11,7 +11,6 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 import torchvision.transforms as T
-from PIL import Image
 from torch.utils.data import Dataset
 
 from irra_core.data.images import find_unreadable, read_image  # noqa: F401 - re-exported
@@ -25,6 +24,28 @@ def _split_index(item: Any) -> tuple[int, int]:
     return int(item), 0
 
 
+_TENSOR_SAFE = (T.RandomHorizontalFlip, T.Pad, T.RandomCrop, T.Normalize, T.RandomErasing)
+
+
+def _tensor_steps(transform: Callable) -> Callable | None:
+    """The steps after ``Resize`` of a ``Compose([Resize, ..., ToTensor, ...])`` as a tensor pipeline on
+    [0, 1] float images, or None when a step has no identical tensor counterpart."""
+    if not (isinstance(transform, T.Compose) and transform.transforms
+            and isinstance(transform.transforms[0], T.Resize)):
+        return None
+    rest = transform.transforms[1:]
+    if sum(isinstance(t, T.ToTensor) for t in rest) != 1:
+        return None
+    steps = [t for t in rest if not isinstance(t, T.ToTensor)]
+    if not all(isinstance(t, _TENSOR_SAFE) for t in steps):
+        return None
+    if any(isinstance(t, T.Pad) and (t.padding_mode != "constant" or t.fill != 0) for t in steps):
+        return None  # PIL pads uint8 with the fill value; only 0 means the same in [0, 1] floats
+    if any(isinstance(t, T.RandomCrop) and (t.padding is not None or t.pad_if_needed) for t in steps):
+        return None
+    return T.Compose(steps)
+
+
 class TrainDataset(Dataset):
     """IRRA's ``ImageTextDataset`` / ``ImageTextMLMDataset``.
 
@@ -34,8 +55,10 @@ class TrainDataset(Dataset):
     number of workers. ``mlm_shared_caption_bug`` returns the masked ids as ``caption_ids`` (IRRA).
 
     When the resized images fit in ``cache_bytes`` (small sets such as the synthetic default at
-    128 x 48), each image is decoded and resized once, up front (workers inherit the cache); the
-    rest of the transform runs per item, so outputs are identical to the uncached path.
+    128 x 48), each image is decoded and resized once, up front, into one in-memory uint8 tensor
+    (N, 3, h, w) (workers inherit it); the rest of the transform (flip, pad, crop, normalise, erase) then
+    runs on tensors, with no PIL per item. The tensor ops draw the same random numbers as their PIL
+    counterparts, so for the same torch seed the items equal the file path's (``cache_bytes=0``).
     """
 
     def __init__(self, samples: Sequence[tuple[int, int, str, str]], transform: Callable, text_length: int = 77,
@@ -47,20 +70,29 @@ class TrainDataset(Dataset):
         self.pids = [s[0] for s in self.samples]
         self.caption_ids = tokenize([s[3] for s in self.samples], text_length)  # (N, L), once
         self.skipped: dict[str, str] = {}
-        self._cache: dict[str, np.ndarray] | None = None
+        self._rows: dict[str, int] | None = None
+        self._pixels: torch.Tensor | None = None  # (N, 3, h, w) uint8, resized once
         self._after_resize: Callable | None = None
         paths = list(dict.fromkeys(s[2] for s in self.samples))
-        if (isinstance(transform, T.Compose) and transform.transforms and isinstance(transform.transforms[0], T.Resize)
-                and cache_bytes > 0):
-            h, w = transform.transforms[0].size
+        after = _tensor_steps(transform)
+        if after is not None and cache_bytes > 0:
+            resize = transform.transforms[0]
+            h, w = resize.size
             if len(paths) * h * w * 3 <= cache_bytes:
-                resize = transform.transforms[0]
-                self._cache = {p: np.asarray(resize(read_image(p))) for p in paths}
-                self._after_resize = T.Compose(transform.transforms[1:])
+                self._rows = {p: i for i, p in enumerate(paths)}
+                self._pixels = torch.empty((len(paths), 3, h, w), dtype=torch.uint8)
+                for i, p in enumerate(paths):
+                    self._pixels[i] = torch.from_numpy(np.array(resize(read_image(p)))).permute(2, 0, 1)
+                self._after_resize = after
+
+    @property
+    def in_memory(self) -> bool:
+        """True when the images are held as one pre-decoded uint8 tensor."""
+        return self._pixels is not None
 
     def _image(self, path: str) -> torch.Tensor:
-        if self._cache is not None:
-            return self._after_resize(Image.fromarray(self._cache[path]))
+        if self._pixels is not None:
+            return self._after_resize(self._pixels[self._rows[path]].float().div_(255.0))
         return self.transform(read_image(path))
 
     def __len__(self) -> int:

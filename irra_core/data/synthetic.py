@@ -30,7 +30,7 @@ from PIL import Image, ImageDraw
 from irra_core.data.parsers import SPECS, canonical_name
 from irra_core.io_utils import atomic_write_json
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: regions.json; test_images_per_id
 MARKER = ".irra_synthetic"
 
 PALETTE: dict[str, tuple[int, int, int]] = {
@@ -107,15 +107,22 @@ def _mutate(a: dict[str, str], rng: np.random.Generator) -> dict[str, str]:
     return b
 
 
-def make_identities(num_identities: int, seed: int) -> list[dict[str, Any]]:
+def make_identities(num_identities: int, seed: int, eval_identities: int | None = None) -> list[dict[str, Any]]:
     """Identities grouped in families (root + siblings differing in one attribute), with a split.
+
+    Args:
+        eval_identities: identities in each of val and test (default 20% of ``num_identities`` each;
+            whole families, so a split may exceed it by up to 3); the rest train.
 
     Returns:
         list of dicts: attribute values plus ``family`` (int), ``differs_in`` (attribute name or
-        ``None`` for a family root) and ``split`` (train/val/test, ~60/20/20 of identities).
+        ``None`` for a family root) and ``split`` (train/val/test, ~60/20/20 of identities by default).
     """
     if num_identities < 3:
         raise ValueError(f"num_identities must be >= 3 (one per split), got {num_identities}")
+    if eval_identities is not None and not 1 <= eval_identities <= (num_identities - 1) // 2:
+        raise ValueError(f"eval_identities={eval_identities} must be between 1 and (num_identities - 1) / 2 "
+                         f"(= {(num_identities - 1) // 2}) so that train keeps identities")
     rng = np.random.default_rng([seed, 7001])
     seen: set[tuple] = set()
     families: list[list[dict[str, Any]]] = []
@@ -140,8 +147,7 @@ def make_identities(num_identities: int, seed: int) -> list[dict[str, Any]]:
         families.append(fam)
         total += len(fam)
     order = rng.permutation(len(families))
-    n_test = max(1, round(0.2 * num_identities))
-    n_val = max(1, round(0.2 * num_identities))
+    n_test = n_val = eval_identities or max(1, round(0.2 * num_identities))
     identities: list[dict[str, Any]] = []
     counts = {"test": 0, "val": 0}
     for fam_no, f in enumerate(order):
@@ -325,12 +331,30 @@ def _shade(rgb: tuple[int, int, int], f: float) -> tuple[int, int, int]:
     return tuple(int(max(0, min(255, round(v * f)))) for v in rgb)  # type: ignore[return-value]
 
 
-def render_person(a: dict[str, Any], rng: np.random.Generator, size: tuple[int, int] | None = None) -> Image.Image:
+REGIONS = ("hair", "hat", "glasses", "scarf", "upper", "lower", "shoes", "bag")
+
+
+def render_person(a: dict[str, Any], rng: np.random.Generator, size: tuple[int, int] | None = None,
+                  regions: dict[str, list[float]] | None = None) -> Image.Image:
     """Draw one image of identity ``a``; all nuisance factors come from ``rng``.
 
     Args:
         size: (H, W); default a random size around 208 x 80.
+        regions: if given, receives the bounding box of each drawn part named in :data:`REGIONS`
+            (``upper`` = torso and sleeves, ``lower`` = trousers/shorts/skirt and hips, ``bag`` includes
+            its strap) as ``[x0, y0, x1, y1]`` fractions of the image width and height (after the
+            mirror flip; clipped to [0, 1]). Parts later covered by others or by the occluder keep
+            their full box. Passing it does not change the image.
     """
+    boxes: dict[str, list[float]] = {}
+
+    def note(name: str, xy: Any) -> None:
+        pts = np.asarray(xy, dtype=float).reshape(-1, 2)
+        box = [pts[:, 0].min(), pts[:, 1].min(), pts[:, 0].max(), pts[:, 1].max()]
+        old = boxes.get(name)
+        boxes[name] = box if old is None else [min(old[0], box[0]), min(old[1], box[1]),
+                                                max(old[2], box[2]), max(old[3], box[3])]
+
     if size is None:
         h = int(rng.integers(176, 241))
         size = (h, int(round(h * rng.uniform(0.36, 0.44))))
@@ -367,10 +391,12 @@ def render_person(a: dict[str, Any], rng: np.random.Generator, size: tuple[int, 
     hy = Y(0.075)
     if a["hair_length"] == "long":
         d.rectangle([cx - hr * 1.05, hy, cx + hr * 1.05, Y(0.26 if view != "front" else 0.22)], fill=hair)
+        note("hair", [cx - hr * 1.05, hy, cx + hr * 1.05, Y(0.26 if view != "front" else 0.22)])
     # backpack seen from the side sits behind the torso
     bag_col = PALETTE[a["bag_colour"]]
     if a["bag"] == "backpack" and side:
         d.rectangle([cx - sh - P * 0.07, Y(0.17), cx - sh + P * 0.02, Y(0.40)], fill=bag_col)
+        note("bag", [cx - sh - P * 0.07, Y(0.17), cx - sh + P * 0.02, Y(0.40)])
     # legs (two, spread by the stride)
     for sgn in (-1, 1):
         lx = cx + sgn * (wa * 0.5 + stride * 0.5)
@@ -380,15 +406,21 @@ def render_person(a: dict[str, Any], rng: np.random.Generator, size: tuple[int, 
         if a["lower_type"] in ("trousers", "shorts"):
             end = 0.93 if a["lower_type"] == "trousers" else 0.66
             ex = cx + sgn * wa * 0.45 + (lx - cx - sgn * wa * 0.45) * (end - 0.49) / 0.44
-            d.polygon([(cx + sgn * wa * 0.45 - leg_w * 0.55, top_y), (cx + sgn * wa * 0.45 + leg_w * 0.55, top_y),
-                       (ex + leg_w * 0.55, Y(end)), (ex - leg_w * 0.55, Y(end))], fill=lower)
-        d.ellipse([lx - leg_w * 0.8 + (leg_w * 0.3 if side else 0), Y(0.915), lx + leg_w * 0.8 + (leg_w * 0.4 if side else 0),
-                   Y(0.975)], fill=PALETTE[a["shoes_colour"]])
+            leg = [(cx + sgn * wa * 0.45 - leg_w * 0.55, top_y), (cx + sgn * wa * 0.45 + leg_w * 0.55, top_y),
+                   (ex + leg_w * 0.55, Y(end)), (ex - leg_w * 0.55, Y(end))]
+            d.polygon(leg, fill=lower)
+            note("lower", leg)
+        shoe = [lx - leg_w * 0.8 + (leg_w * 0.3 if side else 0), Y(0.915),
+                lx + leg_w * 0.8 + (leg_w * 0.4 if side else 0), Y(0.975)]
+        d.ellipse(shoe, fill=PALETTE[a["shoes_colour"]])
+        note("shoes", shoe)
     # hips / skirt
     if a["lower_type"] == "skirt":
         d.polygon([(cx - wa, Y(0.47)), (cx + wa, Y(0.47)), (cx + wa * 1.7, Y(0.69)), (cx - wa * 1.7, Y(0.69))], fill=lower)
+        note("lower", [cx - wa * 1.7, Y(0.47), cx + wa * 1.7, Y(0.69)])
     else:
         d.rectangle([cx - wa, Y(0.46), cx + wa, Y(0.53)], fill=lower)
+        note("lower", [cx - wa, Y(0.46), cx + wa, Y(0.53)])
     # arms with sleeves (t-shirts show the forearm)
     swing = rng.uniform(-0.04, 0.04) * P
     arm_w = P * 0.045
@@ -399,11 +431,14 @@ def render_person(a: dict[str, Any], rng: np.random.Generator, size: tuple[int, 
         sleeve_end = 0.28 if a["upper_type"] == "t-shirt" else 0.5
         sx = ax + (hand[0] - ax) * (sleeve_end - 0.17) / 0.35
         d.line([(ax, Y(0.17)), (sx, Y(sleeve_end))], fill=upper, width=max(2, int(arm_w * 1.15)))
+        half = max(2, int(arm_w * 1.15)) / 2
+        note("upper", [ax - half, Y(0.17), ax + half, Y(0.17), sx - half, Y(sleeve_end), sx + half, Y(sleeve_end)])
         d.ellipse([hand[0] - arm_w * 0.6, hand[1] - arm_w * 0.6, hand[0] + arm_w * 0.6, hand[1] + arm_w * 0.6], fill=skin)
     # torso (a coat reaches the thighs)
     bottom_f = 0.68 if a["upper_type"] == "coat" else 0.49
     hem = wa * (1.35 if a["upper_type"] == "coat" else 1.0)
     d.polygon([(cx - sh, Y(0.155)), (cx + sh, Y(0.155)), (cx + hem, Y(bottom_f)), (cx - hem, Y(bottom_f))], fill=upper)
+    note("upper", [cx - max(sh, hem), Y(0.155), cx + max(sh, hem), Y(bottom_f)])
     if a["upper_type"] == "jacket" and view == "front":
         d.line([(cx, Y(0.16)), (cx, Y(0.49))], fill=_shade(upper, 0.55), width=max(1, int(P * 0.012)))
         d.polygon([(cx - sh * 0.5, Y(0.15)), (cx, Y(0.22)), (cx + sh * 0.5, Y(0.15))], fill=_shade(upper, 0.7))
@@ -412,44 +447,57 @@ def render_person(a: dict[str, Any], rng: np.random.Generator, size: tuple[int, 
     # bags
     if a["bag"] == "backpack" and view == "back":
         d.rounded_rectangle([cx - sh * 0.8, Y(0.18), cx + sh * 0.8, Y(0.42)], radius=P * 0.02, fill=bag_col)
+        note("bag", [cx - sh * 0.8, Y(0.18), cx + sh * 0.8, Y(0.42)])
     elif a["bag"] == "backpack" and view == "front":
         for sgn in (-1, 1):
             d.line([(cx + sgn * sh * 0.55, Y(0.16)), (cx + sgn * sh * 0.6, Y(0.36))], fill=bag_col,
                    width=max(2, int(P * 0.025)))
             d.rectangle([cx + sgn * sh, Y(0.2), cx + sgn * (sh + P * 0.025), Y(0.38)], fill=bag_col)
+            note("bag", [cx + sgn * sh, Y(0.2), cx + sgn * (sh + P * 0.025), Y(0.38)])
     elif a["bag"] == "shoulder bag":
         sgn = 1 if rng.random() < 0.5 else -1
         d.line([(cx - sgn * sh * 0.7, Y(0.16)), (cx + sgn * wa * 1.1, Y(0.44))], fill=bag_col, width=max(2, int(P * 0.018)))
         d.rectangle([cx + sgn * wa * 0.8, Y(0.42), cx + sgn * (wa * 0.8 + P * 0.1), Y(0.52)], fill=bag_col)
+        note("bag", [cx + sgn * wa * 0.8, Y(0.42), cx + sgn * (wa * 0.8 + P * 0.1), Y(0.52)])
     elif a["bag"] == "handbag":
         sgn = 1 if rng.random() < 0.5 else -1
         hx = cx + sgn * (sh + arm_w)
         d.rectangle([hx - P * 0.045, Y(0.50), hx + P * 0.045, Y(0.6)], fill=bag_col)
+        note("bag", [hx - P * 0.045, Y(0.50), hx + P * 0.045, Y(0.6)])
     # neck, head, face details
     d.rectangle([cx - P * 0.022, Y(0.12), cx + P * 0.022, Y(0.16)], fill=skin)
     d.ellipse([cx - hr * (0.85 if side else 1.0), hy - hr, cx + hr * (0.85 if side else 1.0), hy + hr], fill=skin)
     if view == "back":
         d.ellipse([cx - hr * 1.02, hy - hr * 1.05, cx + hr * 1.02, hy + hr * 0.95], fill=hair)
+        note("hair", [cx - hr * 1.02, hy - hr * 1.05, cx + hr * 1.02, hy + hr * 0.95])
     else:
         d.chord([cx - hr * 1.05, hy - hr * 1.1, cx + hr * 1.05, hy + hr * 0.7], 180, 360, fill=hair)
+        note("hair", [cx - hr * 1.05, hy - hr * 1.1, cx + hr * 1.05, hy - hr * 0.2])
         if side:
             d.ellipse([cx - hr * 0.95, hy - hr * 0.8, cx + hr * 0.1, hy + hr * 0.5], fill=hair)
+            note("hair", [cx - hr * 0.95, hy - hr * 0.8, cx + hr * 0.1, hy + hr * 0.5])
     if a["accessory"] == "glasses" and view != "back":
         gx = (cx, cx + hr * 0.6) if side else (cx - hr * 0.8, cx + hr * 0.8)
         d.rectangle([gx[0], hy - hr * 0.15, gx[1], hy + hr * 0.15], fill=(15, 15, 15))
+        note("glasses", [gx[0], hy - hr * 0.15, gx[1], hy + hr * 0.15])
     if a["accessory"] == "scarf":
         d.rectangle([cx - sh * 0.6, Y(0.125), cx + sh * 0.6, Y(0.185)], fill=PALETTE[a["scarf_colour"]])
+        note("scarf", [cx - sh * 0.6, Y(0.125), cx + sh * 0.6, Y(0.185)])
     if a["hat"] != "none":
         hat_col = PALETTE[a["hat_colour"]]
         if a["hat"] == "cap":
             d.chord([cx - hr * 1.08, hy - hr * 1.25, cx + hr * 1.08, hy + hr * 0.5], 180, 360, fill=hat_col)
+            note("hat", [cx - hr * 1.08, hy - hr * 1.25, cx + hr * 1.08, hy - hr * 0.375])
             if view != "back":
                 bx = cx + (hr * 1.6 if side else 0)
                 d.rectangle([bx - hr * (0.5 if side else 1.1), hy - hr * 0.45, bx + hr * (0.2 if side else 1.1),
                              hy - hr * 0.25], fill=_shade(hat_col, 0.8))
+                note("hat", [bx - hr * (0.5 if side else 1.1), hy - hr * 0.45, bx + hr * (0.2 if side else 1.1),
+                             hy - hr * 0.25])
         else:
             d.rectangle([cx - hr * 0.85, hy - hr * 1.6, cx + hr * 0.85, hy - hr * 0.4], fill=hat_col)
             d.rectangle([cx - hr * 1.7, hy - hr * 0.55, cx + hr * 1.7, hy - hr * 0.3], fill=hat_col)
+            note("hat", [cx - hr * 1.7, hy - hr * 1.6, cx + hr * 1.7, hy - hr * 0.3])
     # partial occlusion by a foreground block (a pole, a passer-by, a car bonnet)
     if rng.random() < 0.2:
         col = tuple(int(v) for v in rng.integers(30, 220, 3))
@@ -459,8 +507,17 @@ def render_person(a: dict[str, Any], rng: np.random.Generator, size: tuple[int, 
         else:
             yb = rng.uniform(0.72, 0.88) * H
             d.rectangle([rng.uniform(-0.3, 0.3) * W, yb, W * rng.uniform(0.6, 1.3), H], fill=col)
-    if rng.random() < 0.5:
+    flip = rng.random() < 0.5
+    if flip:
         img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    if regions is not None:
+        for name in REGIONS:
+            if name in boxes:
+                x0, y0, x1, y1 = boxes[name]
+                if flip:
+                    x0, x1 = W - x1, W - x0
+                regions[name] = [round(float(np.clip(v / n, 0.0, 1.0)), 4) for v, n in
+                                 ((x0, W), (y0, H), (x1, W), (y1, H))]
     # lighting: global brightness, a colour cast and sensor noise
     arr = np.asarray(img, dtype=np.float32)
     arr = arr * rng.uniform(0.8, 1.15) + rng.uniform(-12, 12, 3) + rng.normal(0, 4.0, arr.shape)
@@ -480,10 +537,13 @@ def _format_ids(identities: list[dict[str, Any]], fmt: str) -> None:
 
 
 def synthetic_params(fmt: str, num_identities: int, images_per_id: int, seed: int,
-                     captions_per_image: int = 2) -> dict[str, Any]:
+                     captions_per_image: int = 2, test_images_per_id: int | None = None,
+                     eval_identities: int | None = None) -> dict[str, Any]:
+    """The parameters a generated folder's ``manifest.json`` records (a folder with others is rebuilt)."""
     return {"format": canonical_name(fmt), "num_identities": int(num_identities),
             "images_per_id": int(images_per_id), "seed": int(seed), "captions_per_image": int(captions_per_image),
-            "version": GENERATOR_VERSION}
+            "test_images_per_id": int(test_images_per_id or images_per_id),
+            "eval_identities": int(eval_identities or 0), "version": GENERATOR_VERSION}
 
 
 def is_complete(root: str | Path, params: dict[str, Any]) -> bool:
@@ -497,11 +557,14 @@ def is_complete(root: str | Path, params: dict[str, Any]) -> bool:
 
 def make_synthetic_pedes(root: str | Path, fmt: str = "CUHK-PEDES", num_identities: int = 400,
                          images_per_id: int = 4, seed: int = 0, captions_per_image: int = 2,
-                         force: bool = False) -> Path:
+                         force: bool = False, test_images_per_id: int | None = None,
+                         eval_identities: int | None = None) -> Path:
     """Write a synthetic dataset in ``fmt``'s on-disk layout into the folder ``root``.
 
     The folder becomes a dataset folder: ``<annotation file>``, ``imgs/``, ``attributes.json``
-    (per-identity attributes, family and split) and ``manifest.json`` (written last). Calling it
+    (per-identity attributes, family and split), ``regions.json`` (``{"images": {relative image path:
+    {part: [x0, y0, x1, y1] fractions}}}``, the boxes of :func:`render_person`, for scoring attention)
+    and ``manifest.json`` (written last). Calling it
     again with the same arguments returns at once; a folder without a matching manifest that this
     generator made is rebuilt. ICFG-PEDES has no val split: its val identities join train.
 
@@ -513,15 +576,20 @@ def make_synthetic_pedes(root: str | Path, fmt: str = "CUHK-PEDES", num_identiti
         seed: everything (identities, images, captions) is a function of it.
         captions_per_image: captions per image (CUHK-PEDES has two).
         force: rebuild even when complete.
+        test_images_per_id: images per test identity (default ``images_per_id``); ICFG-PEDES's test split
+            has ~20 images per identity, which sets how many identities share an evaluation batch.
+        eval_identities: identities in each of val and test (default 20% each): more training identities
+            (more attribute combinations) without a larger, more ambiguous test gallery.
 
     Returns:
         ``root`` as a resolved Path.
     """
     fmt = canonical_name(fmt)
     root = Path(root).expanduser().resolve()
-    params = synthetic_params(fmt, num_identities, images_per_id, seed, captions_per_image)
-    if images_per_id < 1 or captions_per_image < 1:
-        raise ValueError("images_per_id and captions_per_image must be >= 1")
+    params = synthetic_params(fmt, num_identities, images_per_id, seed, captions_per_image, test_images_per_id,
+                              eval_identities)
+    if images_per_id < 1 or captions_per_image < 1 or params["test_images_per_id"] < 1:
+        raise ValueError("images_per_id, test_images_per_id and captions_per_image must be >= 1")
     if not force and is_complete(root, params):
         return root
     if root.exists() and any(root.iterdir()) and not (root / MARKER).exists():
@@ -550,7 +618,7 @@ def _write(folder: Path, params: dict[str, Any]) -> None:
     spec = SPECS[fmt]
     folder.mkdir(parents=True)
     (folder / MARKER).write_text("written by irra_core.data.synthetic\n")
-    identities = make_identities(params["num_identities"], seed)
+    identities = make_identities(params["num_identities"], seed, params["eval_identities"] or None)
     if fmt == "ICFG-PEDES":  # ICFG has no val split
         for ident in identities:
             if ident["split"] == "val":
@@ -559,20 +627,23 @@ def _write(folder: Path, params: dict[str, Any]) -> None:
     for ident in identities:
         ident["skin"] = int(skin_rng.integers(len(SKIN)))
     _format_ids(identities, fmt)
-    entries = []
+    entries, regions = [], {}
     for ident in identities:
-        for k in range(params["images_per_id"]):
+        count = params["test_images_per_id"] if ident["split"] == "test" else params["images_per_id"]
+        for k in range(count):
             rng = np.random.default_rng([seed, ident["id"], k, 1])
             rel = f"{ident['split']}/{ident['id']:05d}_{k:02d}.jpg"
             path = folder / "imgs" / rel
             path.parent.mkdir(parents=True, exist_ok=True)
-            render_person(ident, rng).save(path, format="JPEG", quality=90)
+            regions[rel] = {}
+            render_person(ident, rng, regions=regions[rel]).save(path, format="JPEG", quality=90)
             caps = [make_caption(ident, rng) for _ in range(params["captions_per_image"])]
             entries.append({"split": ident["split"], "id": ident["id"], spec.path_field: rel, "captions": caps})
     ann = folder / spec.annotation_files[0]
     atomic_write_json(ann, entries)
     attrs = [{k: v for k, v in ident.items()} for ident in identities]
     atomic_write_json(folder / "attributes.json", {"format": fmt, "identities": attrs})
+    atomic_write_json(folder / "regions.json", {"format": fmt, "parts": list(REGIONS), "images": regions})
     digest = hashlib.sha256(ann.read_bytes()).hexdigest()
     atomic_write_json(folder / "manifest.json", {
         "generator": "irra_core.data.synthetic", "params": params, "annotation_file": ann.name,
@@ -580,6 +651,41 @@ def _write(folder: Path, params: dict[str, Any]) -> None:
         "identities": {s: sum(i["split"] == s for i in identities) for s in ("train", "val", "test")}})
 
 
-def synthetic_dir(root: str | Path, fmt: str, num_identities: int, images_per_id: int, seed: int) -> Path:
-    """``<root>/synthetic/<fmt>-n<ids>-k<imgs>-s<seed>``, the folder :func:`prepare_dataset` uses."""
-    return Path(root) / "synthetic" / f"{canonical_name(fmt)}-n{num_identities}-k{images_per_id}-s{seed}"
+def synthetic_dir(root: str | Path, fmt: str, num_identities: int, images_per_id: int, seed: int,
+                  test_images_per_id: int | None = None, eval_identities: int | None = None) -> Path:
+    """``<root>/synthetic/<fmt>-n<ids>-k<imgs>-s<seed>`` (with ``-t<test imgs>`` when the test split has its
+    own count, ``-e<ids>`` when val/test have a set size), the folder :func:`prepare_dataset` uses."""
+    test = f"-t{test_images_per_id}" if test_images_per_id and test_images_per_id != images_per_id else ""
+    test += f"-e{eval_identities}" if eval_identities else ""
+    return Path(root) / "synthetic" / f"{canonical_name(fmt)}-n{num_identities}-k{images_per_id}{test}-s{seed}"
+
+
+def load_regions(img_path: str | Path) -> dict[str, list[float]]:
+    """The part boxes of one synthetic image (``regions.json`` of its dataset folder), ``{part: [x0, y0, x1,
+    y1]}`` as fractions of width and height; parts not drawn are absent.
+
+    Raises:
+        FileNotFoundError: the image is not inside a synthetic dataset folder written with regions
+            (generator version >= 2: regenerate it with ``python -m irra_core.data synth``).
+        KeyError: the folder's ``regions.json`` has no entry for the image.
+    """
+    path = Path(img_path).resolve()
+    for parent in path.parents:
+        if parent.name == "imgs":
+            folder, rel = parent.parent, path.relative_to(parent).as_posix()
+            break
+    else:
+        raise FileNotFoundError(f"{img_path} is not under an imgs/ folder of a synthetic dataset")
+    table = _REGIONS_CACHE.get(folder)
+    if table is None:
+        file = folder / "regions.json"
+        if not file.exists():
+            raise FileNotFoundError(f"{file} does not exist: the synthetic set predates region annotations; "
+                                    f"delete {folder} and generate it again")
+        table = _REGIONS_CACHE[folder] = json.loads(file.read_text())["images"]
+    if rel not in table:
+        raise KeyError(f"{folder / 'regions.json'} has no entry for {rel}")
+    return table[rel]
+
+
+_REGIONS_CACHE: dict[Path, dict] = {}

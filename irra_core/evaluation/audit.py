@@ -90,6 +90,15 @@ def subset_split(split: dict, max_queries: Optional[int] = None, max_gallery: Op
     }
 
 
+def _audited_split(cfg: Any, split: Any, max_queries: Optional[int], max_gallery: Optional[int]) -> dict:
+    """The split dict (``"val"``/``"test"`` of ``prepare_dataset(cfg)``, or a dict) cut to whole identities."""
+    if isinstance(split, str):
+        from irra_core.data import prepare_dataset
+
+        split = getattr(prepare_dataset(cfg), split)
+    return subset_split(split, max_queries, max_gallery)
+
+
 def _relative_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     scale = b.norm(dim=1).clamp(min=1e-12)
     return float(((a - b).norm(dim=1) / scale).max()) if len(a) else 0.0
@@ -121,13 +130,7 @@ def leak_audit(
     ``max_queries`` / ``max_gallery`` audit the first whole
     identities only, to keep it cheap.
     """
-    if isinstance(split, str):
-        from irra_core.data import prepare_dataset
-
-        split_dict = getattr(prepare_dataset(cfg), split)
-    else:
-        split_dict = split
-    split_dict = subset_split(split_dict, max_queries, max_gallery)
+    split_dict = _audited_split(cfg, split, max_queries, max_gallery)
     dev = resolve_device(device, cfg, model)
     on_gpu = dev.type == "cuda"
     tolerance = tolerance if tolerance is not None else (2e-2 if on_gpu else 1e-4)
@@ -167,3 +170,71 @@ def leak_audit(
     return LeakAuditReport(runs=runs, metric_spread=spread, max_embedding_diff=max_diff, flagged=bool(reasons),
                            reasons=reasons, tolerance=tolerance, metric_tolerance=metric_tolerance,
                            num_queries=len(reference.q_pids), num_gallery=len(reference.g_pids))
+
+
+def identities_per_batch(pids: Sequence[int], batch_size: int, order: Optional[Sequence[int]] = None) -> float:
+    """Mean number of distinct identities in the batches of ``batch_size`` consecutive items.
+
+    Args:
+        pids: identity of each item in annotation order.
+        order: the loader's item order (default: annotation order, i.e. identity-ordered).
+    """
+    seq = [pids[i] for i in order] if order is not None else list(pids)
+    if not seq:
+        return 0.0
+    counts = [len(set(seq[i:i + batch_size])) for i in range(0, len(seq), batch_size)]
+    return float(sum(counts) / len(counts))
+
+
+def inflation_curve(
+    model: nn.Module,
+    cfg: Any,
+    split: Any = "test",
+    *,
+    batch_sizes: Sequence[int] = (32, 64, 128, 256, 512),
+    seed: int = 0,
+    device: Any = None,
+    max_queries: Optional[int] = None,
+    progress: bool = False,
+):
+    """Identity-ordered minus shuffled retrieval as a function of the batch composition.
+
+    For each batch size the split is encoded in annotation order (identity-ordered, as IRRA's and PHP's
+    evaluation loaders do) and in a seeded shuffled order; the row records how many identities a batch
+    holds on average in either order (gallery images and query captions separately) and the t2i metrics
+    of both. A per-sample model has ``inflation_R1 == 0`` everywhere; a model that attends across the
+    batch (PHP's release EFP, SPEC §2.11) gains most when a batch holds few identities.
+
+    Args:
+        batch_sizes: evaluation batch sizes (IRRA's and PHP's ``--test_batch_size`` default is 512).
+        max_queries: audit the first whole identities with at most this many captions (None = all).
+
+    Returns:
+        pandas DataFrame, one row per batch size: ``batch_size``, ``gallery_ids_per_batch``,
+        ``query_ids_per_batch`` (identity-ordered), ``shuffled_gallery_ids_per_batch``,
+        ``ordered_R1``, ``shuffled_R1``, ``inflation_R1`` (pp), ``ordered_mAP``, ``shuffled_mAP``,
+        ``inflation_mAP`` (pp).
+    """
+    import numpy as np
+    import pandas as pd
+
+    split_dict = _audited_split(cfg, split, max_queries, None)
+    dev = resolve_device(device, cfg, model)
+    g_pids, q_pids = split_dict["image_pids"], split_dict["caption_pids"]
+    # the order build_eval_loaders uses when shuffling (same rng draws)
+    rng = np.random.default_rng([seed, 17])
+    g_shuffled = rng.permutation(len(g_pids))
+    rows = []
+    for bs in batch_sizes:
+        row: dict = {"batch_size": int(bs), "gallery_ids_per_batch": identities_per_batch(g_pids, bs),
+                     "query_ids_per_batch": identities_per_batch(q_pids, bs),
+                     "shuffled_gallery_ids_per_batch": identities_per_batch(g_pids, bs, g_shuffled)}
+        for name, shuffled in (("ordered", False), ("shuffled", True)):
+            encoded = encode_split(model, cfg, split_dict, device=dev, batch_size=int(bs), shuffle=shuffled,
+                                   seed=seed, progress=progress)
+            metrics, _ = metrics_from_embeddings(encoded, i2t=False, topk=0)
+            row[f"{name}_R1"], row[f"{name}_mAP"] = metrics["t2i"]["R1"], metrics["t2i"]["mAP"]
+        row["inflation_R1"] = row["ordered_R1"] - row["shuffled_R1"]
+        row["inflation_mAP"] = row["ordered_mAP"] - row["shuffled_mAP"]
+        rows.append(row)
+    return pd.DataFrame(rows)

@@ -32,6 +32,9 @@ def build_model(cfg: Config, num_classes: int) -> nn.Module:
         layout (``legacy_fp16``: IRRA's fp16 conversion; autocast modes keep float32 weights).
     """
     if cfg.model.pretrained and not cfg.model.init_from:  # init_from holds the towers (model/load.py)
+        if cfg.model.conv_stem:
+            raise ValueError("model.conv_stem builds a new image stem that pretrained CLIP weights do not have; "
+                             "set model.conv_stem=false to load pretrained weights")
         from irra_core.model.pretrained import load_clip_state_dict, load_clip_weights
 
         state = load_clip_state_dict(cfg.model.pretrained)

@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from irra_core.model.stem import patch_embedding, patch_grid
+
 __all__ = ["LayerNorm", "QuickGELU", "Attention", "ResidualAttentionBlock", "Transformer", "VisionTransformer",
            "CLIP", "CLIPConfig", "initialize_clip_parameters", "patch_grid", "sdpa", "attention_probs"]
 
@@ -165,23 +167,17 @@ class Transformer(nn.Module):
         return x
 
 
-def patch_grid(image_size: tuple[int, int], patch_size: int, stride_size: int) -> tuple[int, int]:
-    """(rows, cols) of patches IRRA gets from an (H, W) image: ((H - p) // s + 1, (W - p) // s + 1)."""
-    h, w = image_size
-    if h < patch_size or w < patch_size:
-        raise ValueError(f"image size {(h, w)} is smaller than the patch size {patch_size}")
-    return (h - patch_size) // stride_size + 1, (w - patch_size) // stride_size + 1
-
-
 class VisionTransformer(nn.Module):
-    """CLIP's ViT on (H, W) images with IRRA's (possibly overlapping) patch stride."""
+    """CLIP's ViT on (H, W) images with IRRA's (possibly overlapping) patch stride (``stem``: see
+    :func:`irra_core.model.stem.patch_embedding`)."""
 
     def __init__(self, image_size: tuple[int, int], patch_size: int, stride_size: int, width: int,
-                 layers: int, heads: int, output_dim: int) -> None:
+                 layers: int, heads: int, output_dim: int, stem: bool = False) -> None:
         super().__init__()
         self.image_size = tuple(image_size)
         self.grid = patch_grid(self.image_size, patch_size, stride_size)
-        self.conv1 = nn.Conv2d(3, width, kernel_size=patch_size, stride=stride_size, bias=False)
+        # CLIP's patchify conv; with model.conv_stem (a CPU-training deviation) conv blocks, then a 1x1 conv1
+        self.stem, self.conv1 = patch_embedding(patch_size, stride_size, width, stem=stem)
         scale = width ** -0.5
         self.class_embedding = nn.Parameter(scale * torch.randn(width))
         self.positional_embedding = nn.Parameter(scale * torch.randn(1 + self.grid[0] * self.grid[1], width))
@@ -195,7 +191,7 @@ class VisionTransformer(nn.Module):
         dtype = self.conv1.weight.dtype
         # the residual stream stays in the weights' dtype (fp32, or fp16 under legacy_fp16) even when the conv
         # runs under autocast, so additions promote bf16/fp16 sub-layer outputs back to fp32
-        x = self.conv1(images.to(dtype)).to(dtype)  # (B, width, rows, cols)
+        x = self.conv1(self.stem(images.to(dtype))).to(dtype)  # (B, width, rows, cols); stem: Identity by default
         if tuple(x.shape[-2:]) != self.grid:
             raise ValueError(f"images of size {tuple(images.shape[-2:])} give a {tuple(x.shape[-2:])} patch grid; "
                              f"this model was built for {self.image_size} (grid {self.grid})")
@@ -225,6 +221,7 @@ class CLIPConfig:
     transformer_heads: int
     transformer_layers: int
     vision_heads: int
+    vision_stem: bool = False  # a convolutional stem instead of the patchify conv (model.conv_stem)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -239,7 +236,7 @@ class CLIP(nn.Module):
         self.context_length = config.context_length
         self.visual = VisionTransformer(config.image_resolution, config.vision_patch_size, config.stride_size,
                                         config.vision_width, config.vision_layers, config.vision_heads,
-                                        config.embed_dim)
+                                        config.embed_dim, stem=config.vision_stem)
         width = config.transformer_width
         self.transformer = Transformer(width, config.transformer_layers, config.transformer_heads)
         self.token_embedding = nn.Embedding(config.vocab_size, width)

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from irra_core.model.clip import CLIPConfig
+from irra_core.model.stem import stem_patch_size
 
 if TYPE_CHECKING:
     from irra_core.config import Config
@@ -54,7 +55,7 @@ def clip_config_from_state_dict(state_dict: Mapping[str, torch.Tensor], *, image
         image_resolution=tuple(int(v) for v in image_resolution),
         vision_layers=len(layers["visual"]),
         vision_width=vision_width,
-        vision_patch_size=state_dict["visual.conv1.weight"].shape[-1],
+        vision_patch_size=stem_patch_size(state_dict) or state_dict["visual.conv1.weight"].shape[-1],
         stride_size=int(stride_size),
         context_length=state_dict["positional_embedding"].shape[0],
         vocab_size=state_dict["token_embedding.weight"].shape[0],
@@ -62,6 +63,7 @@ def clip_config_from_state_dict(state_dict: Mapping[str, torch.Tensor], *, image
         transformer_heads=transformer_heads or max(1, text_width // 64),
         transformer_layers=len(layers["text"]),
         vision_heads=vision_heads or max(1, vision_width // 64),
+        vision_stem=stem_patch_size(state_dict) is not None,
     )
 
 
@@ -95,7 +97,8 @@ def clip_config_from_cfg(cfg: Config) -> CLIPConfig:
         embed_dim=m.embed_dim, image_resolution=tuple(cfg.data.img_size), vision_layers=m.vision_layers,
         vision_width=m.vision_width, vision_patch_size=m.patch_size, stride_size=m.stride_size,
         context_length=cfg.data.text_length, vocab_size=m.vocab_size, transformer_width=m.text_width,
-        transformer_heads=m.text_heads, transformer_layers=m.text_layers, vision_heads=m.vision_heads)
+        transformer_heads=m.text_heads, transformer_layers=m.text_layers, vision_heads=m.vision_heads,
+        vision_stem=m.conv_stem)
 
 
 def check_state_dict(module: nn.Module, state: Mapping[str, torch.Tensor], *, source: str) -> None:

@@ -39,6 +39,7 @@ from irra_core.config import (Config, ConfigError, LossConfig, ModelConfig, conf
                               config_from_reference_args, set_value, validate)
 from irra_core.model.php import rename_release_keys
 from irra_core.model.pretrained import _NON_TOWER_KEYS
+from irra_core.model.stem import stem_patch_size
 
 __all__ = ["CheckpointError", "CheckpointSource", "LoadReport", "read_checkpoint", "load_model", "resolve_init_config",
            "init_from_checkpoint", "checkpoint_identity", "HEAD_PREFIXES"]
@@ -336,7 +337,8 @@ def fit_sizes_to_weights(cfg: Config, source: CheckpointSource, *, keep_img_size
     text_heads = m.text_heads if m.text_width == clip.transformer_width else clip.transformer_heads
     sizes = {"model.embed_dim": clip.embed_dim, "model.vision_width": clip.vision_width,
              "model.vision_layers": clip.vision_layers, "model.vision_heads": vision_heads,
-             "model.patch_size": clip.vision_patch_size, "model.text_width": clip.transformer_width,
+             "model.patch_size": clip.vision_patch_size, "model.conv_stem": clip.vision_stem,
+             "model.text_width": clip.transformer_width,
              "model.text_layers": clip.transformer_layers, "model.text_heads": text_heads,
              "model.vocab_size": clip.vocab_size, "data.text_length": clip.context_length}
     sizes.update(_head_sizes(cfg, source))
@@ -391,7 +393,7 @@ def _source_grid(source: CheckpointSource) -> tuple[int, int] | None:
     """The patch grid the checkpoint was trained on: from its config or options, else a square (OpenAI's CLIP)
     or a 3:1 person crop; ``None`` when none fits (the resize then names the problem)."""
     rows = int(source.state["base_model.visual.positional_embedding"].shape[0]) - 1
-    patch = int(source.state["base_model.visual.conv1.weight"].shape[-1])
+    patch = stem_patch_size(source.backbone()) or int(source.state["base_model.visual.conv1.weight"].shape[-1])
     img, stride = None, patch
     if source.config is not None:
         img, stride = tuple(source.config.data.img_size), source.config.model.stride_size

@@ -194,3 +194,198 @@ def plot_crfm_maps(image: np.ndarray, crfm: torch.Tensor, grid: tuple[int, int],
     """
     return plot_token_maps(image, crfm, [f"unified token {c}" for c in range(crfm.shape[0])], grid,
                            fig=fig, title="CRFM unified tokens over the patches")
+
+
+# --------------------------------------------------------------------------------------------------
+# scoring attention against the synthetic generator's part boxes
+# --------------------------------------------------------------------------------------------------
+def cells_in_box(box: Sequence[float], grid: tuple[int, int]) -> torch.Tensor:
+    """(gh * gw,) bool: which patch cells have their centre inside ``box``.
+
+    Args:
+        box: ``[x0, y0, x1, y1]`` as fractions of the image width and height (``regions.json``).
+        grid: (gh, gw) patch grid; cell (r, c) has its centre at ((c + 0.5) / gw, (r + 0.5) / gh).
+    """
+    gh, gw = grid
+    x0, y0, x1, y1 = (float(v) for v in box)
+    ys = (torch.arange(gh, dtype=torch.float64) + 0.5) / gh
+    xs = (torch.arange(gw, dtype=torch.float64) + 0.5) / gw
+    inside = ((ys >= y0) & (ys <= y1))[:, None] & ((xs >= x0) & (xs <= x1))[None, :]
+    return inside.reshape(-1)
+
+
+def pointing_game(weights: torch.Tensor, box: Sequence[float], grid: tuple[int, int]) -> tuple[float, float]:
+    """Pointing game (Zhang et al., 2016, "Top-down neural attention by excitation backprop") on a patch grid.
+
+    A map scores a hit when its maximum falls in a cell whose centre lies inside the region's box. Ties
+    share the credit (the hit is the fraction of the tied maxima that lie inside), so a flat map scores
+    exactly the *uniform rate*: the share of cells inside the box, which is also the expected hit of a
+    randomly pointing map.
+
+    Args:
+        weights: (P,) attention over the P = gh * gw patches (any non-negative scale).
+        box: ``[x0, y0, x1, y1]`` fractions of width and height.
+        grid: (gh, gw).
+
+    Returns:
+        ``(hit, uniform_rate)``, both in [0, 1].
+
+    Raises:
+        ValueError: ``weights`` does not have gh * gw entries.
+    """
+    gh, gw = grid
+    w = weights.detach().float().reshape(-1)
+    if w.numel() != gh * gw:
+        raise ValueError(f"attention has {w.numel()} weights but the grid {grid} has {gh * gw} patches")
+    inside = cells_in_box(box, grid)
+    top = w >= w.max() - 1e-7 * max(1.0, float(w.abs().max()))
+    hit = float((top & inside).sum()) / float(top.sum())
+    return hit, float(inside.double().mean())
+
+
+# caption words -> the generator part they name (colour words take the part of the garment they precede)
+WORD_PARTS: dict[str, str] = {
+    **{w: "upper" for w in ("tee", "shirt", "top", "sweater", "jacket", "coat", "overcoat")},
+    **{w: "lower" for w in ("trousers", "pants", "shorts", "skirt")},
+    **{w: "shoes" for w in ("shoes", "sneakers")},
+    **{w: "bag" for w in ("backpack", "rucksack", "bag", "purse", "handbag")},
+    **{w: "hat" for w in ("cap", "hat")},
+    "hair": "hair", "scarf": "scarf",
+    **{w: "glasses" for w in ("glasses", "eyeglasses", "spectacles")},
+}
+COLOUR_WORDS = frozenset(("red", "orange", "yellow", "green", "blue", "purple", "violet", "pink", "white", "black",
+                          "grey", "gray", "brown", "blonde", "blond", "dark"))
+
+
+def attribute_words(tokens: Sequence[str], max_gap: int = 4) -> list[tuple[int, str, str]]:
+    """The caption tokens that name a part of the synthetic person: garment, bag, hat, hair, ... nouns, and
+    colour words followed within ``max_gap`` tokens by such a noun.
+
+    Args:
+        tokens: decoded BPE tokens (``irra_core.viz.inspect.decode_tokens``; a trailing ``</w>`` is ignored).
+
+    Returns:
+        ``[(token index, part, "noun" | "colour")]`` with parts from ``WORD_PARTS`` (``regions.json`` names).
+    """
+    words = [t.replace("</w>", "").strip().lower() for t in tokens]
+    out = []
+    for i, w in enumerate(words):
+        if w in WORD_PARTS:
+            out.append((i, WORD_PARTS[w], "noun"))
+        elif w in COLOUR_WORDS:
+            part = next((WORD_PARTS[v] for v in words[i + 1:i + 1 + max_gap] if v in WORD_PARTS), None)
+            if part is not None:
+                out.append((i, part, "colour"))
+    return out
+
+
+def score_pointing(maps: Sequence[tuple[torch.Tensor, Sequence[str], dict]], grid: tuple[int, int]):
+    """Pointing game of word -> patch maps over many (caption, image) pairs, per part and word kind.
+
+    Args:
+        maps: ``(word_maps (L, P), tokens (L,), regions {part: box})`` per pair; the words scored are
+            :func:`attribute_words` whose part is drawn in that image.
+        grid: (gh, gw).
+
+    Returns:
+        pandas DataFrame, one row per (part, kind) plus an ``all`` row: ``words`` (count), ``hit_rate`` and
+        ``uniform_rate`` (percent) and ``lift`` (hit_rate / uniform_rate).
+    """
+    import pandas as pd
+
+    rows = []
+    for word_maps, tokens, regions in maps:
+        for index, part, kind in attribute_words(tokens):
+            if part not in regions or index >= word_maps.shape[0]:
+                continue
+            hit, uniform = pointing_game(word_maps[index], regions[part], grid)
+            rows.append({"part": part, "kind": kind, "hit": hit, "uniform": uniform})
+    if not rows:
+        return pd.DataFrame(columns=["part", "kind", "words", "hit_rate", "uniform_rate", "lift"])
+    frame = pd.DataFrame(rows)
+    table = frame.groupby(["part", "kind"]).agg(words=("hit", "size"), hit_rate=("hit", "mean"),
+                                                uniform_rate=("uniform", "mean")).reset_index()
+    total = pd.DataFrame([{"part": "all", "kind": "all", "words": len(frame), "hit_rate": frame["hit"].mean(),
+                           "uniform_rate": frame["uniform"].mean()}])
+    table = pd.concat([table, total], ignore_index=True)
+    table[["hit_rate", "uniform_rate"]] *= 100.0
+    table["lift"] = table["hit_rate"] / table["uniform_rate"].where(table["uniform_rate"] > 0)
+    return table
+
+
+def pointing_by_part(table):
+    """:func:`score_pointing`'s rows pooled over word kinds: one row per part (word-weighted rates), ``all`` last."""
+    import pandas as pd
+
+    rows = []
+    for part, t in table[table["kind"] != "all"].groupby("part", sort=True):
+        n = t["words"].sum()
+        rows.append({"part": part, "words": int(n), "hit_rate": (t["hit_rate"] * t["words"]).sum() / n,
+                     "uniform_rate": (t["uniform_rate"] * t["words"]).sum() / n})
+    rows += [{k: v for k, v in r.items() if k != "kind"} for r in table[table["kind"] == "all"].to_dict("records")]
+    out = pd.DataFrame(rows, columns=["part", "words", "hit_rate", "uniform_rate"])
+    out["lift"] = out["hit_rate"] / out["uniform_rate"].where(out["uniform_rate"] > 0)
+    return out
+
+
+def plot_pointing(tables: dict, *, ax=None, title: str = "") -> Figure:
+    """Bars of the pointing-game hit rate per part, one bar per model, against the uniform-attention rate.
+
+    Args:
+        tables: ``{model name: pointing_by_part(...) DataFrame}``.
+    """
+    fig, ax = _new_axes(ax, (8, 3.4))
+    parts = sorted({p for t in tables.values() for p in t["part"]} - {"all"}) + ["all"]
+    width = 0.8 / (len(tables) + 1)
+    x = np.arange(len(parts))
+    uniform = None
+    for k, (name, t) in enumerate(tables.items()):
+        t = t.set_index("part").reindex(parts)
+        ax.bar(x + (k - len(tables) / 2) * width, t["hit_rate"], width=width, label=f"{name}: hit rate")
+        uniform = t["uniform_rate"] if uniform is None else uniform.fillna(t["uniform_rate"])
+    if uniform is not None:
+        ax.bar(x + (len(tables) / 2) * width, uniform, width=width, color="0.7", label="uniform attention")
+    ax.set_xticks(x, parts, fontsize=8)
+    ax.set_ylabel("pointing game (%)")
+    ax.set_ylim(0, 100)
+    ax.legend(fontsize=8)
+    ax.set_title(title or "does a word's attention peak inside the part it names?")
+    return fig
+
+
+def plot_pointing_examples(samples: Sequence[tuple], grid: tuple[int, int], images: Sequence[np.ndarray], *,
+                           per_sample: int = 2, fig: Figure | None = None, title: str = "") -> Figure:
+    """Examples of the pointing game: for each (caption, image) sample, up to ``per_sample`` attribute words
+    (nouns first), their word -> patch map over the image, the named part's box (green: the map's peak
+    falls inside it, red: it does not) and the peak cell (white dot).
+
+    Args:
+        samples: ``(maps (L, P), tokens, regions)`` as from :func:`word_patch_maps`.
+        images: the (H, W, 3) display image of each sample.
+    """
+    import matplotlib.patches as mpatches
+
+    panels = []
+    for (maps, tokens, regions), image in zip(samples, images):
+        words = sorted((w for w in attribute_words(tokens) if w[1] in regions), key=lambda w: w[2] != "noun")
+        panels += [(maps[i], tokens[i], regions[part], part, image) for i, part, _ in words[:per_sample]]
+    if not panels:
+        raise ValueError("no attribute word with a drawn part in these samples")
+    ncols = min(8, len(panels))
+    nrows = -(-len(panels) // ncols)
+    fig = fig or Figure(figsize=(1.5 * ncols, 3.3 * nrows))
+    axes = np.asarray(fig.subplots(nrows, ncols, squeeze=False)).ravel()
+    gh, gw = grid
+    for ax, (weights, word, box, part, image) in zip(axes, panels):
+        hit, _ = pointing_game(weights, box, grid)
+        plot_heat_overlay(image, patches_to_grid(weights, grid), ax=ax, title=f"'{word}' -> {part}")
+        h, w = image.shape[:2]
+        x0, y0, x1, y1 = box
+        ax.add_patch(mpatches.Rectangle((x0 * w, y0 * h), (x1 - x0) * w, (y1 - y0) * h, fill=False,
+                                        edgecolor="lime" if hit >= 0.5 else "red", linewidth=1.5))
+        peak = int(torch.as_tensor(weights).float().argmax())
+        ax.plot((peak % gw + 0.5) * w / gw, (peak // gw + 0.5) * h / gh, "o", color="white", markersize=4)
+    for ax in axes[len(panels):]:
+        ax.set_axis_off()
+    fig.suptitle(title or "attribute word -> patch map, with the part's box (green: peak inside)")
+    return fig

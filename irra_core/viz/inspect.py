@@ -409,3 +409,53 @@ def load_runs(run_dir: str | Path, checkpoint: str = "best", *, device: str = "c
         print(f"not trained in {run_dir.name}: {missing} (their figures are left out)")
     return {name: load_run(folder, checkpoint, device=device, name=f"{name}/{checkpoint}")
             for name, folder in found.items()}
+
+
+def word_patch_maps(run, num_pairs: int = 200, seed: int = 0) -> tuple[list, tuple[int, int], str, list[int]]:
+    """Word -> patch maps of ``num_pairs`` random test captions on their identity's first gallery image,
+    with that image's part boxes, ready for :func:`irra_core.viz.attention.score_pointing`.
+
+    IRRA: the relation-reasoning branch's cross-attention (:func:`irra_core.viz.inspect.capture_cross`).
+    PHP: through CRFM's unified tokens, ``map(word) = sum_c share_c(word) * crfm_image[c]`` where
+    ``share_c(word)`` is the CRFM text weight of unified token c on the word, normalised over c (the word's
+    split among the unified tokens), and ``crfm_image[c]`` (P,) that token's weights over the patches.
+
+    Args:
+        run: an :class:`irra_core.viz.inspect.InspectRun` on a synthetic split (its images have
+            ``regions.json`` boxes).
+
+    Returns:
+        ``(samples, grid, source, images)``: ``[(maps (L, P), tokens, regions)]``, the patch grid,
+        ``"cross-attention"`` | ``"CRFM"`` and the gallery index of each sample's image.
+
+    Raises:
+        ValueError: the model has neither an MLM branch nor CRFM.
+        FileNotFoundError: the split's images have no ``regions.json`` (not synthetic).
+    """
+    from irra_core.data.synthetic import load_regions
+
+    model = run.model
+    rng = np.random.default_rng([seed, 31])
+    captions = run.split["captions"]
+    queries = rng.choice(len(captions), size=min(num_pairs, len(captions)), replace=False)
+    irra_branch = hasattr(model, "cross_former") and hasattr(model, "cross_attn")
+    samples, grid, images = [], None, []
+    for q in queries:
+        g = first_gallery_image(run, int(q))
+        images.append(g)
+        regions = load_regions(run.split["img_paths"][g])
+        if irra_branch:
+            maps, words, grid = capture_cross(run, g, captions[q])
+        else:
+            att, _ = capture_image(run, [g])
+            if "crfm_image" not in att.maps:
+                raise ValueError(f"{run.name}: neither an MLM branch nor CRFM to read word -> patch maps from")
+            image_tokens = att.maps["crfm_image"][0][0].float()  # (cnum, P)
+            grid = tuple(att.meta["grid"])
+            text_att, _, ids = capture_text(run, [captions[q]])
+            words = decode_tokens(ids[0])
+            share = text_att.maps["crfm_text"][0][0][:, :len(words)].float()  # (cnum, L')
+            share = share / share.sum(0, keepdim=True).clamp_min(1e-12)
+            maps = share.T @ image_tokens  # (L', P)
+        samples.append((maps, words, regions))
+    return samples, tuple(grid), "cross-attention" if irra_branch else "CRFM", images

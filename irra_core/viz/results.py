@@ -187,3 +187,25 @@ def plot_leak_audit(audits: Mapping[str, pd.DataFrame], metrics: Sequence[str] =
         ax.set(ylim=(0, 105), ylabel=f"{metric.replace('_', ' ')} (%)", title=f"{metric.replace('_', ' ')} by test batching")
         ax.legend(fontsize=8, loc="upper right")
     return fig
+
+
+def plot_inflation_curve(curves: Mapping[str, pd.DataFrame], *, fig: Figure | None = None) -> Figure:
+    """Identity-ordered minus shuffled t2i R1 (pp) against the identities a gallery batch holds.
+
+    Args:
+        curves: ``{model: irra_core.evaluation.audit.inflation_curve(...)}``; each point is one batch size
+            (labelled), placed at the identity-ordered batches' mean identities per gallery batch.
+    """
+    fig = fig or Figure(figsize=(6.5, 3.8), layout="constrained")
+    ax = fig.add_subplot()
+    for name, frame in curves.items():
+        ax.plot(frame["gallery_ids_per_batch"], frame["inflation_R1"], "o-", label=name)
+        for _, row in frame.iterrows():
+            ax.annotate(f"bs {int(row['batch_size'])}", (row["gallery_ids_per_batch"], row["inflation_R1"]),
+                        fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.axhline(0.0, color="0.5", linewidth=0.8)
+    ax.set_xscale("log")
+    ax.set(xlabel="identities per identity-ordered gallery batch (log scale)",
+           ylabel="t2i R1: ordered - shuffled (pp)", title="inflation from batch-mates of the same identity")
+    ax.legend(fontsize=8)
+    return fig

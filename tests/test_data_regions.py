@@ -1,0 +1,150 @@
+"""Part boxes of the synthetic generator (regions.json) and the pointing game that scores attention with them."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from irra_core.data.synthetic import PALETTE, REGIONS, load_regions, make_synthetic_pedes, render_person
+from irra_core.viz.attention import attribute_words, cells_in_box, pointing_game, score_pointing
+
+PERSON = {"gender": "woman", "build": "heavy", "hair_colour": "black", "hair_length": "short",
+          "upper_type": "coat", "upper_colour": "red", "lower_type": "trousers", "lower_colour": "blue",
+          "shoes_colour": "white", "bag": "handbag", "bag_colour": "yellow", "hat": "none", "hat_colour": "black",
+          "accessory": "none", "scarf_colour": "red", "skin": 0}
+NAMES = list(PALETTE)
+COLOURS = np.array([PALETTE[n] for n in NAMES], dtype=np.float32)
+
+
+def _share_of(arr: np.ndarray, colour: str) -> float:
+    """Share of the pixels whose nearest palette colour is ``colour``."""
+    pixels = arr.reshape(-1, 3).astype(np.float32)
+    if not len(pixels):
+        return 0.0
+    nearest = ((pixels[:, None, :] - COLOURS[None]) ** 2).sum(-1).argmin(1)
+    return float((nearest == NAMES.index(colour)).mean())
+
+
+def _crop(arr: np.ndarray, box: list[float]) -> np.ndarray:
+    h, w = arr.shape[:2]
+    x0, y0, x1, y1 = box
+    return arr[int(y0 * h):int(np.ceil(y1 * h)), int(x0 * w):int(np.ceil(x1 * w))]
+
+
+def test_region_pixels_carry_the_garment_colour():
+    """The box of each part holds its colour far above the image's share (mirrored images included)."""
+    shares = {part: [] for part in ("upper", "lower", "bag")}
+    image_shares = {part: [] for part in shares}
+    colour = {"upper": "red", "lower": "blue", "bag": "yellow"}
+    flipped_bag_x = set()
+    for k in range(12):
+        regions: dict = {}
+        img = render_person(PERSON, np.random.default_rng([3, k]), regions=regions)
+        arr = np.asarray(img)
+        assert set(regions) <= set(REGIONS) and {"upper", "lower", "shoes", "bag", "hair"} <= set(regions)
+        for part in shares:
+            x0, y0, x1, y1 = regions[part]
+            assert 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1
+            shares[part].append(_share_of(_crop(arr, regions[part]), colour[part]))
+            image_shares[part].append(_share_of(arr, colour[part]))
+        flipped_bag_x.add(regions["bag"][0] > 0.5)
+    for part in shares:
+        inside, overall = np.median(shares[part]), np.median(image_shares[part])
+        assert inside > 0.3 and inside > 2.5 * overall, (part, inside, overall)
+    assert flipped_bag_x == {True, False}  # the handbag appears on both sides: boxes follow the mirror flip
+    # parts that are not drawn have no box
+    regions = {}
+    render_person(PERSON, np.random.default_rng(0), regions=regions)
+    assert "hat" not in regions and "scarf" not in regions
+
+
+def test_regions_do_not_change_the_image():
+    a = np.asarray(render_person(PERSON, np.random.default_rng(7)))
+    b = np.asarray(render_person(PERSON, np.random.default_rng(7), regions={}))
+    assert np.array_equal(a, b)
+
+
+def test_regions_file_written_and_loaded(tmp_path):
+    root = make_synthetic_pedes(tmp_path / "s", "CUHK-PEDES", 9, 2, seed=1, test_images_per_id=3)
+    table = json.loads((root / "regions.json").read_text())
+    images = sorted(p.relative_to(root / "imgs").as_posix() for p in root.glob("imgs/*/*.jpg"))
+    assert sorted(table["images"]) == images
+    first = root / "imgs" / images[0]
+    assert load_regions(first) == table["images"][images[0]]
+    manifest = json.loads((root / "manifest.json").read_text())
+    counts = {}
+    for rel in images:
+        split, name = rel.split("/")
+        counts.setdefault(split, {}).setdefault(name.split("_")[0], 0)
+        counts[split][name.split("_")[0]] += 1
+    assert set(counts["test"].values()) == {3} and set(counts["train"].values()) == {2}
+    assert manifest["params"]["test_images_per_id"] == 3
+    attrs = json.loads((root / "attributes.json").read_text())
+    assert set(attrs) == {"format", "identities"}  # the existing file keeps its keys
+    with pytest.raises(FileNotFoundError, match="imgs"):
+        load_regions(tmp_path / "elsewhere.jpg")
+
+
+def test_pointing_game_concentrated_and_flat():
+    grid = (8, 3)
+    box = [0.0, 0.25, 1.0, 0.5]  # rows 2 and 3 (centres 0.3125, 0.4375): 6 of 24 cells
+    inside = cells_in_box(box, grid)
+    assert int(inside.sum()) == 6
+    peaked = torch.zeros(24)
+    peaked[inside.nonzero()[0]] = 1.0
+    assert pointing_game(peaked, box, grid) == (1.0, 0.25)
+    assert pointing_game(torch.full((24,), 1 / 24), box, grid) == (pytest.approx(0.25), 0.25)
+    outside = torch.zeros(24)
+    outside[0] = 1.0
+    assert pointing_game(outside, box, grid)[0] == 0.0
+    with pytest.raises(ValueError, match="grid"):
+        pointing_game(torch.zeros(10), box, grid)
+
+
+def test_attribute_words_and_score_table():
+    tokens = ["<|startoftext|>", "a</w>", "woman</w>", "in</w>", "a</w>", "red</w>", "long</w>", "coat</w>",
+              "and</w>", "blue</w>", "pants</w>", ".</w>", "<|endoftext|>"]
+    assert attribute_words(tokens) == [(5, "upper", "colour"), (7, "upper", "noun"), (9, "lower", "colour"),
+                                       (10, "lower", "noun")]
+    grid = (8, 3)
+    regions = {"upper": [0.0, 0.0, 1.0, 0.5], "lower": [0.0, 0.5, 1.0, 1.0]}
+    maps = torch.full((len(tokens), 24), 1 / 24)
+    maps[5] = 0
+    maps[5, 0] = 1  # "red" peaks in the upper half
+    maps[10] = 0
+    maps[10, 0] = 1  # "pants" peaks in the upper half too: a miss
+    table = score_pointing([(maps, tokens, regions)], grid).set_index(["part", "kind"])
+    assert table.loc[("upper", "colour"), "hit_rate"] == 100.0
+    assert table.loc[("lower", "noun"), "hit_rate"] == 0.0
+    assert table.loc[("upper", "noun"), "hit_rate"] == pytest.approx(50.0)  # flat: the uniform rate
+    assert table.loc[("all", "all"), "words"] == 4
+
+
+def test_word_patch_maps_on_untrained_models(tmp_path):
+    """Both readers produce (L, P) maps with the split's boxes; scoring and plotting run end to end."""
+    from irra_core.config import load_config
+    from irra_core.data import prepare_dataset
+    from irra_core.model import build_model
+    from irra_core.viz import attention as A
+    from irra_core.viz.inspect import InspectRun, word_patch_maps
+
+    tables = {}
+    cfgs = {arch: load_config(f"{arch}-cpu", {"data.root": str(tmp_path)}, smoke=True) for arch in ("irra", "php")}
+    ds = prepare_dataset(cfgs["irra"])
+    for arch, cfg in cfgs.items():
+        torch.manual_seed(0)
+        run = InspectRun(name=arch, model=build_model(cfg, ds.num_classes).eval(), split=ds.test, cfg=cfg,
+                         img_size=tuple(cfg.data.img_size), text_length=cfg.data.text_length)
+        samples, grid, source, images = word_patch_maps(run, 6, seed=0)
+        assert len(images) == len(samples) and all(run.split["image_pids"][g] for g in images)
+        assert source == ("cross-attention" if arch == "irra" else "CRFM")
+        for maps, tokens, regions in samples:
+            assert maps.shape == (len(tokens), grid[0] * grid[1])
+            assert torch.all(maps >= 0)
+            assert "upper" in regions
+        tables[arch] = A.pointing_by_part(A.score_pointing(samples, grid))
+        assert tables[arch]["part"].iloc[-1] == "all" and tables[arch]["words"].iloc[-1] > 0
+        A.plot_pointing_examples(samples[:2], grid, [run.display_image(g) for g in images[:2]])
+    A.plot_pointing(tables)
