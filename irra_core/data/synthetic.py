@@ -205,6 +205,14 @@ def make_caption(a: dict[str, str], rng: np.random.Generator, mentions: set[str]
         mentions: if given, receives the names of the attributes the caption states.
     """
     said = mentions if mentions is not None else set()
+    wear = _worn_items(a, rng, said)
+    hair, bag = _hair_and_bag(a, rng, said)
+    subject, pron = _subject(a, rng, said)
+    return _sentences(subject, pron, wear, hair, bag, rng)
+
+
+def _worn_items(a: dict[str, str], rng: np.random.Generator, said: set[str]) -> list[str]:
+    """The garments, shoes, hat and accessories a caption names, in a random order."""
     wear: list[str] = []
     if rng.random() < 0.95:
         wear.append(_article(f"{_c(a['upper_colour'], rng)} {_w(_UPPER[a['upper_type']], rng)}"))
@@ -226,7 +234,11 @@ def make_caption(a: dict[str, str], rng: np.random.Generator, mentions: set[str]
         wear.append(_article(f"{_c(a['scarf_colour'], rng)} scarf"))
         said.update(("accessory", "scarf_colour"))
     order = rng.permutation(len(wear))
-    wear = [wear[i] for i in order]
+    return [wear[i] for i in order]
+
+
+def _hair_and_bag(a: dict[str, str], rng: np.random.Generator, said: set[str]) -> tuple[str | None, str | None]:
+    """The hair phrase and the bag phrase of a caption (None: not named)."""
     hair = None
     if rng.random() < 0.7:
         hair = f"{a['hair_length']} {_w(_HAIR_WORDS[a['hair_colour']], rng)} hair"
@@ -238,7 +250,11 @@ def make_caption(a: dict[str, str], rng: np.random.Generator, mentions: set[str]
     elif a["bag"] == "none" and rng.random() < 0.1:
         bag = "no bag"
         said.add("bag")
+    return hair, bag
 
+
+def _subject(a: dict[str, str], rng: np.random.Generator, said: set[str]) -> tuple[str, str]:
+    """The caption's subject ("A tall woman") and the pronoun of its second sentence."""
     gendered = rng.random() < 0.9
     noun = _w(_NOUNS[a["gender"]], rng) if gendered else _w(["person", "pedestrian"], rng)
     if gendered:
@@ -247,7 +263,12 @@ def make_caption(a: dict[str, str], rng: np.random.Generator, mentions: set[str]
         noun = f"{_w(_BUILD[a['build']], rng)} {noun}"
         said.add("build")
     subject = f"{_w(['A', 'The', 'This'], rng)} {noun}"
-    pron = _PRON[a["gender"]] if gendered else "The person"
+    return subject, (_PRON[a["gender"]] if gendered else "The person")
+
+
+def _sentences(subject: str, pron: str, wear: list[str], hair: str | None, bag: str | None,
+               rng: np.random.Generator) -> str:
+    """The caption's one or two sentences from its parts, in one of three styles."""
     split_at = int(rng.integers(1, len(wear) + 1)) if wear else 0
     first, second = wear[:split_at], wear[split_at:]
     verb = _w(["is wearing", "wears", "is dressed in", "has on"], rng)

@@ -136,13 +136,7 @@ def leak_audit(
     tolerance = tolerance if tolerance is not None else (2e-2 if on_gpu else 1e-4)
     metric_tolerance = metric_tolerance if metric_tolerance is not None else (0.5 if on_gpu else 1e-2)
 
-    sizes = list(dict.fromkeys(bs or cfg.data.test_batch_size for bs in batch_sizes))
-    if 1 not in sizes:
-        sizes.insert(0, 1)
-    settings = [(1, False)] + [(bs, False) for bs in sizes if bs != 1]
-    if shuffle:  # batch size 1 has no batch-mates, so its shuffled run would repeat the reference
-        settings += [(bs, True) for bs in sizes if bs != 1]
-
+    settings = _audit_settings(batch_sizes, cfg.data.test_batch_size, shuffle)
     runs, reference = [], None
     for bs, shuffled in settings:
         encoded = encode_split(model, cfg, split_dict, device=dev, batch_size=bs, shuffle=shuffled, seed=seed,
@@ -154,7 +148,23 @@ def leak_audit(
         row = {"batch_size": bs, "shuffled": shuffled, "max_embedding_diff": diff}
         row.update({f"{task}_{k}": metrics[task][k] for task in ("t2i", "i2t") for k in METRIC_KEYS})
         runs.append(row)
+    return _audit_verdict(runs, tolerance, metric_tolerance, len(reference.q_pids), len(reference.g_pids))
 
+
+def _audit_settings(batch_sizes: Sequence[Optional[int]], default: int, shuffle: bool) -> list[tuple[int, bool]]:
+    """(batch size, shuffled) of each encoding: batch size 1 in annotation order first (the reference)."""
+    sizes = list(dict.fromkeys(bs or default for bs in batch_sizes))
+    if 1 not in sizes:
+        sizes.insert(0, 1)
+    settings = [(1, False)] + [(bs, False) for bs in sizes if bs != 1]
+    if shuffle:  # batch size 1 has no batch-mates, so its shuffled run would repeat the reference
+        settings += [(bs, True) for bs in sizes if bs != 1]
+    return settings
+
+
+def _audit_verdict(runs: list[dict], tolerance: float, metric_tolerance: float, num_queries: int,
+                   num_gallery: int) -> LeakAuditReport:
+    """Flag the runs whose embeddings or metrics move with the batch (see :func:`leak_audit`)."""
     keys = [f"{task}_{k}" for task in ("t2i", "i2t") for k in METRIC_KEYS]
     spread = {k: max(r[k] for r in runs) - min(r[k] for r in runs) for k in keys}
     max_diff = max(r["max_embedding_diff"] for r in runs)
@@ -169,8 +179,7 @@ def leak_audit(
         reasons.append(f"{len(moved)} metric(s) change with batch size/order, largest {biggest} by {moved[biggest]:.3f} pp")
     return LeakAuditReport(runs=runs, metric_spread=spread, max_embedding_diff=max_diff, flagged=bool(reasons),
                            reasons=reasons, tolerance=tolerance, metric_tolerance=metric_tolerance,
-                           num_queries=len(reference.q_pids), num_gallery=len(reference.g_pids))
-
+                           num_queries=num_queries, num_gallery=num_gallery)
 
 def identities_per_batch(pids: Sequence[int], batch_size: int, order: Optional[Sequence[int]] = None) -> float:
     """Mean number of distinct identities in the batches of ``batch_size`` consecutive items.
