@@ -35,7 +35,8 @@ S_OVERRIDES: dict[str, Any] = {
     "model.vision_width": 256, "model.vision_layers": 4, "model.vision_heads": 4, "model.patch_size": 16,
     "model.stride_size": 16, "model.text_width": 256, "model.text_layers": 4, "model.text_heads": 4,
     "loss.names": "sdm+itc", "data.mlm": False, "optim.optimizer": "Adam", "optim.lr": 1e-5,
-    "optim.weight_decay": 4e-5, "model.precision": "fp32"}  # Adam with IRRA's defaults (eps 1e-3 by schema)
+    "optim.weight_decay": 4e-5, "model.precision": "fp32",  # Adam with IRRA's defaults (eps 1e-3 by schema)
+    "model.conv_stem": False}  # perf.json's config S is a patchify ViT (the cpu presets now use a conv stem)
 #: config B: the paper presets (ViT-B/16 at 384x128, 12-layer 512 text tower), random weights (no download)
 B_OVERRIDES: dict[str, Any] = {"model.pretrained": ""}
 #: tiny sizes for smoke runs (tests, --dry-run): a few seconds on two cores

@@ -99,7 +99,8 @@ def test_one_training_step_reaches_every_parameter_without_nans(preset):
     cfg, model = build(preset)
     model.train()
     batch = make_batch(cfg)
-    out = loss_terms(cfg, model(batch), batch)
+    outputs = model(batch)
+    out = loss_terms(cfg, outputs, batch)
     assert set(out) == {f"{n}_loss" for n in cfg.loss_names()}
     loss = sum(out.values())
     assert torch.isfinite(loss)
@@ -110,8 +111,14 @@ def test_one_training_step_reaches_every_parameter_without_nans(preset):
         assert torch.isfinite(param.grad).all(), f"{name} has a non-finite gradient"
         if param.grad.abs().sum() == 0:
             zero.append(name)
-    # with PHP's identity experts (up = 0) nothing upstream of `up` can get a gradient in step one
-    assert all(".experts." in n and (".down." in n or ".norm." in n) for n in zero), zero
+    # with PHP's identity experts (up = 0) nothing upstream of `up` can get a gradient in step one, and an
+    # expert that no token selected (top-k routing) gets none at all
+    routing = losses.batch_metrics(outputs, batch).get("routing", {"image": [], "text": []})
+    unselected = {f"resblocks.{layer}.moe.experts.{e}."
+                  for layer, (image, text) in enumerate(zip(routing["image"], routing["text"]))
+                  for e in range(cfg.model.num_experts) if image["counts"][e] + text["counts"][e] == 0}
+    assert all((".experts." in n and (".down." in n or ".norm." in n)) or any(u in n for u in unselected)
+               for n in zero), zero
     if cfg.model.arch == "php":
         assert zero, "expected the identity-initialised experts' down/norm to have zero gradient in step one"
 
