@@ -247,3 +247,31 @@ def inflation_curve(
         row["inflation_mAP"] = row["ordered_mAP"] - row["shuffled_mAP"]
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def order_verdict(name: str, ordered: float, shuffled: float, batch_size: int, *, tolerance: float = 0.005) -> str:
+    """One sentence on a model's t2i R1 (percent) with identity-ordered vs shuffled test batches: identical (within
+    ``tolerance`` pp), inflated (ordered above) or below. Notebook 40 prints it under the table, so the text always
+    states the measured direction and size."""
+    gain = ordered - shuffled
+    if abs(gain) < tolerance:
+        verdict = "identical in both orders: its test result does not depend on batching"
+    elif gain > 0:
+        verdict = f"identity-ordered batches score {gain:.2f} pp above shuffled ones: the test result is inflated"
+    else:
+        verdict = f"identity-ordered batches score {-gain:.2f} pp *below* shuffled ones"
+    return f"{name}: t2i R1 {ordered:.2f} identity-ordered vs {shuffled:.2f} shuffled (batch size {batch_size}): {verdict}"
+
+
+def audit_summary(name: str, audit: LeakAuditReport, *, tolerance: float = 0.005) -> str:
+    """One sentence from a :class:`LeakAuditReport`: t2i R1 (percent) alone (batch size 1), identity-ordered and
+    shuffled at the smallest batch size above 1, and whether the ordered bar is level with, above or below."""
+    frame = audit.to_dataframe()
+    size = frame.loc[frame["batch_size"] > 1, "batch_size"].min()
+    ordered = frame[(frame["batch_size"] == size) & ~frame["shuffled"]].iloc[0]["t2i_R1"]
+    shuffled = frame[(frame["batch_size"] == size) & frame["shuffled"]].iloc[0]["t2i_R1"]
+    solo = frame[frame["batch_size"] == 1].iloc[0]["t2i_R1"]
+    gap = ordered - shuffled
+    where = "level with" if abs(gap) < tolerance else f"{abs(gap):.2f} pp {'above' if gap > 0 else 'below'}"
+    return (f"{name}: t2i R1 {solo:.2f} alone, {ordered:.2f} identity-ordered, {shuffled:.2f} shuffled (batch size "
+            f"{size}): the identity-ordered bar is {where} the shuffled one")

@@ -328,6 +328,17 @@ def pointing_by_part(table):
     return out
 
 
+def pointing_verdict(name: str, table) -> str:
+    """One sentence from :func:`pointing_by_part`'s table: the overall hit rate (percent) against the uniform
+    rate, above or not, and the part with the largest lift."""
+    overall = table.set_index("part").loc["all"]
+    verdict = "above" if overall.hit_rate > overall.uniform_rate else "not above"
+    best = table[table.part != "all"].sort_values("lift", ascending=False).iloc[0]
+    return (f"{name}: attribute words point inside their part {overall.hit_rate:.1f}% of the time, {verdict} uniform "
+            f"attention ({overall.uniform_rate:.1f}%, {overall.lift:.2f}x); best part: {best.part} "
+            f"({best.hit_rate:.1f}% vs {best.uniform_rate:.1f}%)")
+
+
 def plot_pointing(tables: dict, *, ax=None, title: str = "") -> Figure:
     """Bars of the pointing-game hit rate per part, one bar per model, against the uniform-attention rate.
 

@@ -1,0 +1,42 @@
+"""The sentences notebooks 31 and 40 print under their results state the measured direction and size."""
+from __future__ import annotations
+
+import pandas as pd
+
+from irra_core.evaluation.audit import LeakAuditReport, audit_summary, order_verdict
+from irra_core.viz.attention import pointing_verdict
+
+
+def test_order_verdict_states_direction_and_size():
+    assert "identical in both orders" in order_verdict("php", 23.44, 23.44, 512)
+    above = order_verdict("php-batch-efp", 32.18, 31.53, 512)
+    assert "0.65 pp above" in above and "inflated" in above and "batch size 512" in above
+    below = order_verdict("x", 30.0, 31.5, 64)
+    assert "1.50 pp *below*" in below and "inflated" not in below
+
+
+def _report(rows):
+    keys = [f"{t}_{k}" for t in ("t2i", "i2t") for k in ("R1", "R5", "R10", "mAP", "mINP")]
+    runs = [{"batch_size": bs, "shuffled": sh, "max_embedding_diff": 0.0, **{k: r1 for k in keys}}
+            for bs, sh, r1 in rows]
+    return LeakAuditReport(runs=runs, metric_spread={}, max_embedding_diff=0.0, flagged=False, reasons=[],
+                           tolerance=1e-4, metric_tolerance=0.01, num_queries=10, num_gallery=5)
+
+
+def test_audit_summary_reads_the_smallest_batch_above_one():
+    text = audit_summary("m", _report([(1, False, 30.0), (128, False, 35.42), (128, True, 38.33),
+                                       (512, False, 1.0), (512, True, 2.0)]))
+    assert "30.00 alone, 35.42 identity-ordered, 38.33 shuffled (batch size 128)" in text
+    assert "2.91 pp below" in text
+    level = audit_summary("m", _report([(1, False, 32.0), (64, False, 32.0), (64, True, 32.0)]))
+    assert "level with" in level
+
+
+def test_pointing_verdict_compares_with_uniform_and_names_the_best_part():
+    table = pd.DataFrame({"part": ["upper", "lower", "all"], "words": [10, 10, 20],
+                          "hit_rate": [20.0, 19.0, 10.4], "uniform_rate": [22.4, 10.4, 9.4],
+                          "lift": [20.0 / 22.4, 19.0 / 10.4, 10.4 / 9.4]})
+    text = pointing_verdict("php", table)
+    assert "10.4% of the time, above uniform attention (9.4%, 1.11x)" in text and "best part: lower" in text
+    table.loc[table.part == "all", "hit_rate"] = 9.0
+    assert "not above uniform" in pointing_verdict("php", table)
