@@ -2,7 +2,7 @@
 
     python benchmarks/bench_leak_pointing.py --php RUN/php --php-batch RUN/php-batch-efp --irra RUN/irra
 
-Prints the identity-ordered and shuffled t2i R1/mAP of both PHP runs at the reference's test batch size (512) with
+Prints the identity-ordered and shuffled t2i R1/mAP of both PHP runs at PHP's test batch size (``--test_batch_size`` 64; IRRA's is 512) with
 the identities per batch, the batch-axis model's inflation curve, and the pointing game per part (IRRA's
 cross-attention, PHP's CRFM maps); the last line is one JSON object.
 """
@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--php", required=True)
     parser.add_argument("--php-batch", required=True)
     parser.add_argument("--irra", default=None)
-    parser.add_argument("--batch-size", type=int, default=512)
+    parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--curve", type=int, nargs="+", default=[32, 64, 128, 256, 512])
     parser.add_argument("--curve-queries", type=int, default=1600)
     parser.add_argument("--pairs", type=int, default=200)

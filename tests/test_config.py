@@ -121,7 +121,7 @@ def test_loss_weights_new_and_older_keys():
     # a run folder's config.yaml written before loss.weights existed still loads
     saved = newer.to_dict()
     saved["loss"] = {"names": "sdm+itc+aux", "sdm_weight": 1.0, "itc_weight": 2.0, "aux_weight": 0.25}
-    assert config_from_dict(saved).loss.weights == newer.loss.weights
+    assert config_from_dict(saved).loss_weights() == newer.loss_weights() == {"sdm": 1.0, "itc": 2.0, "aux": 0.25}
     with pytest.raises(ConfigError, match="loss.weights"):
         load_config(None, {"loss.weights": 3})
     with pytest.raises(ConfigError, match="loss.weights.sdm"):

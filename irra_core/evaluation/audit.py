@@ -215,7 +215,7 @@ def inflation_curve(
     batch (PHP's release EFP, SPEC §2.11) gains most when a batch holds few identities.
 
     Args:
-        batch_sizes: evaluation batch sizes (IRRA's and PHP's ``--test_batch_size`` default is 512).
+        batch_sizes: evaluation batch sizes (PHP's ``--test_batch_size`` default is 64, IRRA's 512; SPEC §2.3).
         max_queries: audit the first whole identities with at most this many captions (None = all).
 
     Returns:
