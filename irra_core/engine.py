@@ -228,13 +228,14 @@ def resolve_selection(cfg: Config, dataset: Any) -> Selection:
                      f"validation split, or train.select_on=test to select on the test split as IRRA did")
 
 
-def _evaluate(model: nn.Module, cfg: Config, split: str, device: torch.device, out_dir: Path | None) -> dict:
+def _evaluate(model: nn.Module, cfg: Config, split: str, device: torch.device, out_dir: Path | None,
+              cache_dir: Path | None = None) -> dict:
     from irra_core.evaluation import evaluate
 
     module = unwrap_model(model)
     was_training = module.training
     try:
-        metrics = evaluate(module, cfg, split, device=device, out_dir=out_dir)
+        metrics = evaluate(module, cfg, split, device=device, out_dir=out_dir, cache_dir=cache_dir)
     finally:
         module.train(was_training)
     return {"t2i": dict(metrics["t2i"]), "i2t": dict(metrics.get("i2t") or {})}
@@ -615,14 +616,16 @@ def _final_report(cfg: Config, run: RunDir, model: nn.Module, device: torch.devi
             module.load_state_dict(selected_state["model"])
             return metrics
     module.load_state_dict(last_state["model"])
-    last_test = _evaluate(module, cfg, "test", device, run.eval_dir("last_test"))
+    # test embeddings go to the run's cache, where notebooks 20-40 find them (keyed by the weights' fingerprint)
+    cache = run.path / "cache"
+    last_test = _evaluate(module, cfg, "test", device, run.eval_dir("last_test"), cache)
     best = None
     if best_epoch is not None and run.best_checkpoint.exists():
         if best_state is None:  # the best checkpoint is the last one
             best_test = last_test
         else:
             module.load_state_dict(best_state["model"])
-            best_test = _evaluate(module, cfg, "test", device, run.eval_dir("best_test"))
+            best_test = _evaluate(module, cfg, "test", device, run.eval_dir("best_test"), cache)
         val = next((r["eval"] for r in run.read_log() if r.get("epoch") == best_epoch and "eval" in r), None)
         best = {"epoch": best_epoch, "val": {k: v for k, v in (val or {}).items() if k in ("t2i", "i2t")},
                 "test": best_test}
