@@ -1,6 +1,7 @@
 """The training engine: run folder contents, selection, callbacks, precision, accumulation, smoke training."""
 from __future__ import annotations
 
+import importlib
 import json
 
 import pytest
@@ -254,3 +255,25 @@ def test_deterministic_mode_is_scoped_to_the_run(monkeypatch):
     with _deterministic(True):
         assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":16:8"
     assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":16:8"
+
+
+def test_final_report_caches_the_test_embeddings_for_the_notebooks(tmp_path, monkeypatch):
+    # the test split is encoded once at the end of training; the inspection layer (notebooks 20-40) finds the
+    # embeddings under the loaded checkpoint's fingerprint instead of encoding the split again
+    from irra_core.evaluation import encode as encode_module
+    from irra_core.evaluation.evaluate import model_fingerprint
+    from irra_core.viz.inspect import load_run
+
+    cfg = _cfg(tmp_path, **{"train.max_steps": 1})
+    run = tmp_path / "run"
+    fit(cfg, run)
+    loaded = load_run(run, "best")
+    (cached,) = (run / "cache").glob("embeddings-*.pt")
+    assert cached.name == f"embeddings-{model_fingerprint(loaded.model)}-test-bs{cfg.data.test_batch_size}.pt"
+    calls = []
+    real = encode_module.encode_split
+    evaluate_module = importlib.import_module("irra_core.evaluation.evaluate")  # the package re-exports evaluate()
+    monkeypatch.setattr(evaluate_module, "encode_split", lambda *a, **k: calls.append(1) or real(*a, **k))
+    metrics = irra_core.evaluation.evaluate(loaded.model, loaded.cfg, "test", cache_dir=run / "cache")
+    assert calls == []  # served from the cache
+    assert metrics["t2i"]["R1"] == pytest.approx(json.loads((run / "metrics.json").read_text())["t2i"]["R1"])
