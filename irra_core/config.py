@@ -91,6 +91,9 @@ class ModelConfig:
     vocab_size: int = 49408
     temperature: float = 0.02  # logit scale = 1 / temperature, a constant as in IRRA
     cmt_depth: int = 4  # cross-modal transformer depth (MLM branch)
+    # MLM softmax over the whole 49,408-token vocabulary (IRRA) or only the tokens of the training captions
+    # ("train": a deviation for from-scratch CPU training, where the full head is half of an IRRA step)
+    mlm_vocab: str = "full"  # full | train
     # PHP: CRFM + EFP
     cnum: int = 9
     num_experts: int = 4
@@ -206,6 +209,7 @@ CHOICES: dict[str, tuple] = {
     "data.val_split": ("val", "test"),
     "model.arch": ("irra", "php"),
     "model.efp_attention": ("tokens", "batch"),
+    "model.mlm_vocab": ("full", "train"),
     "model.moe_gating": ("modality", "shared"),
     "model.precision": ("fp32", "bf16", "fp16", "legacy_fp16"),
     "optim.optimizer": ("Adam", "AdamW", "SGD"),

@@ -394,6 +394,10 @@ def _build_loop(cfg: Config, run: RunDir, dataset: Any, model: nn.Module | None,
     optimizer = build_optimizer(model, cfg.optim)
     seed_everything(cfg.train.seed + dist_info.rank)  # data order and augmentation differ per rank
     loader = build_train_loader(cfg, dataset, rank=dist_info.rank, world_size=dist_info.world_size)
+    if cfg.model.mlm_vocab == "train" and "mlm" in cfg.loss_names():
+        size = model.restrict_mlm_vocabulary(loader.dataset.caption_ids)
+        if main:
+            print(f"MLM softmax over the {size} tokens of the training captions (model.mlm_vocab: train)")
     accum = max(1, cfg.train.grad_accum)
     steps_per_epoch = math.ceil(len(loader) / accum)
     scheduler = build_scheduler(optimizer, cfg.optim, total_epochs=cfg.train.num_epoch,

@@ -13,6 +13,7 @@ from collections import OrderedDict
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from irra_core import losses
 from irra_core.config import Config
@@ -79,6 +80,9 @@ class IRRA(nn.Module):
                 ("dense", nn.Linear(dim, dim)), ("gelu", QuickGELU()), ("ln", LayerNorm(dim)),
                 ("fc", nn.Linear(dim, clip_config.vocab_size))]))
             self._init_cross_modal(dim, cfg.model.cmt_depth)
+        #: token ids (V',) the MLM softmax runs over, sorted; None = the whole vocabulary (IRRA). Set by
+        #: :meth:`restrict_mlm_vocabulary`; not saved with the weights (the head keeps every row)
+        self.register_buffer("mlm_vocab", None, persistent=False)
 
     def _init_cross_modal(self, width: int, depth: int) -> None:
         # IRRA: CLIP's std rule for the cross-modal blocks, the cross attention and the MLM head
@@ -171,8 +175,43 @@ class IRRA(nn.Module):
     def mlm_scores(self, mlm_ids: torch.Tensor, mlm_labels: torch.Tensor,
                    image_tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """IRRA's MLM head on masked captions (B, L) over image tokens (B, N, D) -> (scores (M, V) float32,
-        labels (M,)) at the M masked positions (labels != ``MLM_IGNORE_INDEX``)."""
+        labels (M,)) at the M masked positions (labels != ``MLM_IGNORE_INDEX``).
+
+        With a restricted vocabulary (:meth:`restrict_mlm_vocabulary`) the scores are (M, V') over those
+        tokens and the labels index into them.
+
+        Raises:
+            ValueError: a label is not in the restricted vocabulary.
+        """
         hidden = self.cross_former(self.base_model.encode_text(mlm_ids), image_tokens)
         masked = mlm_labels != losses.MLM_IGNORE_INDEX
-        # the 49,408-way head only at masked positions: same loss as IRRA's full (B*L, V) scores
-        return self.mlm_head(hidden[masked]).float(), mlm_labels[masked]
+        hidden, labels = hidden[masked], mlm_labels[masked]
+        vocab = self.mlm_vocab
+        if vocab is None:  # the 49,408-way head only at masked positions: IRRA's loss on its (B*L, V) scores
+            return self.mlm_head(hidden).float(), labels
+        head = self.mlm_head
+        scores = F.linear(head.ln(head.gelu(head.dense(hidden))), head.fc.weight[vocab], head.fc.bias[vocab])
+        index = torch.searchsorted(vocab, labels).clamp_max(vocab.numel() - 1)
+        if not torch.equal(vocab[index], labels):
+            missing = sorted(set(labels.tolist()) - set(vocab.tolist()))[:5]
+            raise ValueError(f"MLM labels {missing} are not in the restricted MLM vocabulary of {vocab.numel()} "
+                             f"tokens; set model.mlm_vocab: full, or restrict to the captions being trained on")
+        return scores.float(), index
+
+    def restrict_mlm_vocabulary(self, caption_ids: torch.Tensor | None) -> int:
+        """Run the MLM softmax over the tokens of ``caption_ids`` (N, L) only (and padding, 0), or over the
+        whole vocabulary again with None (``model.mlm_vocab``; ``fit`` passes the training captions).
+
+        A deviation from IRRA's objective for short from-scratch runs on a CPU: the MLM labels are always
+        tokens of the training captions, and the full (M, 49,408) head costs about half of an IRRA step at
+        the ``cpu`` presets' width. Only the normaliser changes (tokens that never occur in a training caption
+        leave the softmax); the head keeps all its rows, so checkpoints are unchanged. Returns V'.
+        """
+        if caption_ids is None:
+            self.mlm_vocab = None
+            return self.mlm_head.fc.out_features
+        # token 0 (padding, never a label) stays first, so restricted label 0 still means "not masked" to
+        # losses.compute_mlm's ignore_index
+        ids = torch.unique(torch.cat([caption_ids.reshape(-1).cpu(), torch.zeros(1, dtype=torch.long)]))
+        self.mlm_vocab = ids.to(self.mlm_head.fc.weight.device)
+        return int(self.mlm_vocab.numel())
