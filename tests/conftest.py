@@ -86,6 +86,18 @@ def project_root() -> Path:
     return ROOT
 
 
+@pytest.fixture
+def one_thread():
+    """One intra-op thread for the test (tiny models: on a 2-core machine thread hand-offs dominate), restored
+    afterwards. Use with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 class SmokeRun:
     """One smoke run of the workbook for the session, under temporary ``runs`` and ``data`` roots.
 

@@ -12,12 +12,7 @@ from irra_core.engine import fit
 from irra_core.model import build_model
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_batch(cfg, batch_size: int = 4, seed: int = 0) -> dict:
