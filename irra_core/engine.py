@@ -372,6 +372,24 @@ def _prepare_data(cfg: Config, run: RunDir, dataset: Any, dist_info: DistInfo) -
     return dataset, selection
 
 
+def _use_sparse_embeddings(cfg: Config, model: nn.Module, dist_info: DistInfo) -> None:
+    """``optim.sparse_embedding``: row-sparse token-embedding gradients for :class:`irra_core.optim.RowSparseAdamW`
+    where nothing else needs dense ones; under DDP, ``train.grad_clip``, fp16 loss scaling or another optimiser
+    than AdamW the gradients stay dense (RowSparseAdamW then steps exactly as AdamW) and the main process says
+    so."""
+    from irra_core.optim import enable_sparse_embeddings
+
+    blockers = [reason for reason, on in (("DDP", dist_info.enabled), ("train.grad_clip", cfg.train.grad_clip > 0),
+                                          ("fp16 loss scaling", cfg.model.precision == "fp16"),
+                                          (f"optim.optimizer {cfg.optim.optimizer}", cfg.optim.optimizer != "AdamW"))
+                if on]
+    if blockers:
+        if dist_info.is_main:
+            print(f"optim.sparse_embedding: dense gradients under {', '.join(blockers)} (same result, no speed-up)")
+        return
+    enable_sparse_embeddings(model)
+
+
 def _build_loop(cfg: Config, run: RunDir, dataset: Any, model: nn.Module | None, resume: bool,
                 init_notes: list[str], device: torch.device, dist_info: DistInfo, callbacks: list,
                 selection: Selection) -> _Loop:
@@ -391,6 +409,8 @@ def _build_loop(cfg: Config, run: RunDir, dataset: Any, model: nn.Module | None,
             report.write(run.path / "init_report.json")
             print(report.summary())
     model.to(device)
+    if cfg.optim.sparse_embedding:
+        _use_sparse_embeddings(cfg, model, dist_info)
     optimizer = build_optimizer(model, cfg.optim)
     seed_everything(cfg.train.seed + dist_info.rank)  # data order and augmentation differ per rank
     loader = build_train_loader(cfg, dataset, rank=dist_info.rank, world_size=dist_info.world_size)

@@ -277,3 +277,33 @@ def test_final_report_caches_the_test_embeddings_for_the_notebooks(tmp_path, mon
     metrics = irra_core.evaluation.evaluate(loaded.model, loaded.cfg, "test", cache_dir=run / "cache")
     assert calls == []  # served from the cache
     assert metrics["t2i"]["R1"] == pytest.approx(json.loads((run / "metrics.json").read_text())["t2i"]["R1"])
+
+
+@pytest.mark.parametrize("preset", ["irra-cpu", "php-cpu"])
+def test_sparse_embedding_trains_as_dense_adamw(tmp_path, monkeypatch, preset):
+    """optim.sparse_embedding (on in the cpu presets) changes the speed, not the run: same weights after
+    a few steps (the MLM branch's random tokens included) as the dense gradient with torch's AdamW."""
+    runs = {}
+    for sparse in (True, False):
+        monkeypatch.setattr(irra_core.evaluation, "evaluate", ScriptedEvaluate([1.0] * 3), raising=False)
+        cfg = _cfg(tmp_path, preset, **{"train.max_steps": 3, "data.batch_size": 4, "optim.sparse_embedding": sparse})
+        runs[sparse] = load_checkpoint(fit(cfg, tmp_path / f"run-{sparse}").last_checkpoint)["model"]
+    assert runs[True].keys() == runs[False].keys()
+    for key, dense in runs[False].items():
+        sparse = runs[True][key]
+        if key.endswith("in_proj_bias"):
+            # the key bias has an exactly zero gradient (softmax is shift-invariant): Adam turns its float noise
+            # into +-lr steps whose sign follows the last bit, and the key bias does not change any output
+            third = dense.shape[0] // 3
+            dense, sparse = torch.cat([dense[:third], dense[2 * third:]]), torch.cat([sparse[:third], sparse[2 * third:]])
+        torch.testing.assert_close(sparse, dense, rtol=1e-5, atol=1e-6, msg=key)
+    assert load_config(preset).optim.sparse_embedding
+
+
+@pytest.mark.parametrize("setting,reason", [({"train.grad_clip": 1.0}, "train.grad_clip"),
+                                            ({"optim.optimizer": "Adam"}, "optim.optimizer Adam")])
+def test_sparse_embedding_stays_dense_where_it_cannot_apply(tmp_path, monkeypatch, capsys, setting, reason):
+    monkeypatch.setattr(irra_core.evaluation, "evaluate", ScriptedEvaluate([1.0]), raising=False)
+    cfg = _cfg(tmp_path, **{"train.max_steps": 1, "optim.sparse_embedding": True, **setting})
+    fit(cfg, tmp_path / "run")  # torch's Adam would raise on a sparse gradient
+    assert f"optim.sparse_embedding: dense gradients under {reason}" in capsys.readouterr().out

@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 from irra_core.config import OptimConfig
-from irra_core.optim import build_optimizer, build_param_groups, param_lr_and_weight_decay
+from irra_core.optim import (RowSparseAdamW, build_optimizer, build_param_groups, enable_sparse_embeddings,
+                              param_lr_and_weight_decay)
 
 CASES = {"irra": "irra", "php_head": "irra", "php_prerelease": "php_prerelease",
          "php_prerelease_other_factors": "php_prerelease"}
@@ -118,3 +119,88 @@ def test_optimizer_kinds_and_fused_step_matches_plain(kind, cls, eps):
 def test_unknown_optimizer_is_named():
     with pytest.raises(ValueError, match="Adamw"):
         build_optimizer(nn.Linear(2, 2), OptimConfig(optimizer="Adamw"))
+
+
+class _Bag(nn.Module):
+    """An embedding table and a head: the shape of a text tower's first and last layers."""
+
+    def __init__(self, rows: int = 40, width: int = 6) -> None:
+        super().__init__()
+        self.token_embedding = nn.Embedding(rows, width)
+        self.head = nn.Linear(width, 3)
+
+    def forward(self, ids):
+        return self.head(self.token_embedding(ids)).square().mean()
+
+
+def _train(model, optimizer, batches):
+    for ids in batches:
+        optimizer.zero_grad(set_to_none=True)
+        model(ids).backward()
+        optimizer.step()
+
+
+def _id_batches(steps: int = 12):
+    g = torch.Generator().manual_seed(3)
+    # early batches use rows 0-9 only, later ones 0-24: rows that go unused for a while, rows first used late,
+    # and rows 25-39 never used (they only decay)
+    return [torch.randint(0, 10 if t < steps // 2 else 25, (4, 5), generator=g) for t in range(steps)]
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_row_sparse_adamw_matches_dense_adamw(fused):
+    torch.manual_seed(0)
+    dense, sparse = _Bag(), _Bag()
+    sparse.load_state_dict(dense.state_dict())
+    options = OptimConfig(optimizer="AdamW", lr=2e-2, weight_decay=0.1, bias_lr_factor=2.0, fused=fused)
+    opt_dense = build_optimizer(dense, options)
+    opt_sparse = build_optimizer(sparse, OptimConfig(**{**vars(options), "sparse_embedding": True}))
+    assert type(opt_dense) is torch.optim.AdamW and isinstance(opt_sparse, RowSparseAdamW)
+    assert enable_sparse_embeddings(sparse) == 1
+    batches = _id_batches()
+    _train(dense, opt_dense, batches)
+    _train(sparse, opt_sparse, batches)
+    assert sparse.token_embedding.weight.grad.is_sparse  # the row-sparse path ran
+    for (name, a), b in zip(dense.named_parameters(), sparse.parameters()):
+        torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-7, msg=name)
+    state_a, state_b = opt_dense.state[dense.token_embedding.weight], opt_sparse.state[sparse.token_embedding.weight]
+    for key in ("step", "exp_avg", "exp_avg_sq"):
+        torch.testing.assert_close(state_b[key], state_a[key], rtol=1e-6, atol=1e-9, msg=key)
+    # never-used rows moved by the decay alone
+    torch.manual_seed(0)
+    start = _Bag()
+    factor = (1 - 2e-2 * 0.1) ** len(batches)
+    torch.testing.assert_close(sparse.token_embedding.weight[25:], start.token_embedding.weight[25:] * factor)
+
+
+def test_row_sparse_adamw_state_moves_to_and_from_adamw():
+    """A checkpoint of one optimiser resumes in the other: both continue as an uninterrupted AdamW run."""
+    torch.manual_seed(0)
+    reference, resumed = _Bag(), _Bag()
+    resumed.load_state_dict(reference.state_dict())
+    options = OptimConfig(optimizer="AdamW", lr=2e-2, weight_decay=0.1)
+    batches = _id_batches(16)
+    opt_ref = build_optimizer(reference, options)
+    _train(reference, opt_ref, batches)
+
+    opt_first = build_optimizer(resumed, options)  # dense AdamW for the first half ...
+    _train(resumed, opt_first, batches[:8])
+    opt_second = build_optimizer(resumed, OptimConfig(**{**vars(options), "sparse_embedding": True}))
+    opt_second.load_state_dict(opt_first.state_dict())  # ... then the row-sparse one from its state
+    enable_sparse_embeddings(resumed)
+    _train(resumed, opt_second, batches[8:])
+    for a, b in zip(reference.parameters(), resumed.parameters()):
+        torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-7)
+
+
+def test_sparse_embedding_only_changes_adamw():
+    assert type(build_optimizer(_Bag(), OptimConfig(optimizer="Adam", sparse_embedding=True))) is torch.optim.Adam
+
+
+def test_row_sparse_adamw_refuses_amsgrad():
+    model = _Bag()
+    enable_sparse_embeddings(model)
+    opt = RowSparseAdamW(model.parameters(), lr=1e-2, amsgrad=True)
+    model(torch.tensor([[1, 2]])).backward()
+    with pytest.raises(ValueError, match="amsgrad"):
+        opt.step()
