@@ -41,7 +41,7 @@ from irra_core import losses  # noqa: E402
 from irra_core.model import build_model  # noqa: E402
 from irra_core.model import fast  # noqa: E402
 from irra_core.model.precision import AUTOCAST_DTYPES  # noqa: E402
-from irra_core.optim import build_optimizer  # noqa: E402
+from irra_core.optim import build_optimizer, enable_sparse_embeddings  # noqa: E402
 
 #: --compare KEY -> the variants run in alternation (A B A B ...), each a dict of bench_train arguments
 COMPARISONS = {
@@ -57,6 +57,8 @@ COMPARISONS = {
     "reference_like": [{"trim": False, "fused": False, "prune": False}, {"trim": True, "fused": True, "prune": True}],
     # the IRRA reference's execution structure (benchmarks/reference_style.py) -> this library, same process
     "reference": [{"impl": "reference_style"}, {"impl": "ours"}],
+    # dense token-embedding gradient + AdamW -> row-sparse gradient + RowSparseAdamW (optim.sparse_embedding)
+    "sparse_embedding": [{"sparse_embedding": False}, {"sparse_embedding": True}],
 }
 COLUMNS = (("config", "cfg"), ("model", "model"), ("impl", "impl"), ("device", "dev"), ("precision", "prec"),
            ("threads", "thr"), ("batch", "batch"), ("trim", "trim"), ("prune", "prune"), ("optimizer_kernel", "opt"),
@@ -106,12 +108,14 @@ def bench_train(config: str = "S", model_name: str = "irra", device: str = "cpu"
                 precision: str = "fp32", threads: int | None = None, batch: int | None = None, warmup: int = 1,
                 smoke: bool = False, trim: bool = True, fused: bool = True, compile: bool = False,
                 attention: str = "auto", prune: bool = True, count_flops: bool = True,
-                overrides: dict | None = None, impl: str = "ours") -> dict:
+                overrides: dict | None = None, impl: str = "ours", sparse_embedding: bool | None = None) -> dict:
     """Time ``steps`` training steps of ``model_name`` at ``config`` and return one result row (a dict).
 
     ``impl="reference_style"`` times :mod:`benchmarks.reference_style` instead (the IRRA reference's
     structure: sequence-first ``nn.MultiheadAttention``, float causal mask at the full context, per-parameter
     for-loop Adam); ``trim``/``prune``/``attention``/``fused``/``compile`` then do not apply.
+    ``sparse_embedding`` (None: the preset's) sets ``optim.sparse_embedding`` and, when on, gives the model's
+    embeddings row-sparse gradients as the engine does.
     """
     if attention not in ATTENTION_KERNELS:
         raise ValueError(f"attention={attention!r}: choose one of {sorted(ATTENTION_KERNELS)}")
@@ -119,8 +123,10 @@ def bench_train(config: str = "S", model_name: str = "irra", device: str = "cpu"
     dev = torch.device(device)
     if threads:
         torch.set_num_threads(threads)
-    cfg = common.load_bench_config(config, model_name, smoke=smoke,
-                                   extra={**(overrides or {}), "model.precision": precision, "optim.fused": fused})
+    extra = {**(overrides or {}), "model.precision": precision, "optim.fused": fused}
+    if sparse_embedding is not None:
+        extra["optim.sparse_embedding"] = sparse_embedding
+    cfg = common.load_bench_config(config, model_name, smoke=smoke, extra=extra)
     batch_size = batch or default_batch(config, dev, smoke, cfg.data.batch_size)
     common.sync(dev)
     rss_before = common.current_rss_bytes()
@@ -134,6 +140,8 @@ def bench_train(config: str = "S", model_name: str = "irra", device: str = "cpu"
         model = build_model(cfg, num_classes=max(64, batch_size)).to(dev)
         model.trim_text_padding = trim
         model.prune_to_global_token = prune
+        if cfg.optim.sparse_embedding and cfg.optim.optimizer == "AdamW":
+            enable_sparse_embeddings(model)
         optimizer = build_optimizer(model, cfg.optim)
     else:
         raise ValueError(f"impl={impl!r}: choose 'ours' or 'reference_style'")
