@@ -125,7 +125,7 @@ class RowSparseAdamW(torch.optim.AdamW):
 
     The state is AdamW's (``step``, full-size ``exp_avg``/``exp_avg_sq``), so checkpoints move between the two
     optimisers; results agree with AdamW to float rounding (``tests/test_optim.py``). On the ``cpu`` presets
-    it saves ~10% of an IRRA or PHP step (``benchmarks/README.md``).
+    it saves ~25 ms, 5-10%, of an IRRA or PHP step (``benchmarks/README.md``, "Third pass").
 
     Raises:
         ValueError: a sparse-gradient parameter in a group with ``amsgrad``, ``maximize``, ``capturable`` or
