@@ -331,6 +331,9 @@ def _fit(cfg: Config, run_dir: Path, callbacks: list, resume: bool, dataset: Any
         if stopping or _any_rank(loop.state.stop, device):
             break
         epoch += 1
+    for module in loop.model.modules():  # optim.sparse_embedding: the returned model has dense gradients again
+        if isinstance(module, nn.Embedding):
+            module.sparse = False
     return _finish(loop, selection)
 
 
