@@ -199,6 +199,7 @@ def bench_train(config: str = "S", model_name: str = "irra", device: str = "cpu"
            "threads": torch.get_num_threads(), "batch": batch_size, "steps": steps, "smoke": smoke, "trim": trim,
            "optimizer_kernel": _optimizer_kernel(optimizer), "compile": compile, "attention": attention,
            "prune": prune, "overrides": overrides or {}, "loss_names": cfg.loss.names,
+           "sparse_embedding": any(getattr(m, "sparse", False) for m in model.modules()),
            "img_size": list(cfg.data.img_size), "text_length": cfg.data.text_length,
            "params_M": round(sum(p.numel() for p in model.parameters()) / 1e6, 2)}
     row.update({k: round(statistics.median(v), 5) for k, v in times.items()})

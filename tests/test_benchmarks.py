@@ -86,6 +86,14 @@ def test_bench_train_compare_reports_both_variants(capsys):
     assert compare["speedup_second_over_first"] > 0
 
 
+def test_bench_train_compares_row_sparse_embeddings(capsys):
+    summary = bench_train.main(["--config", "php-cpu", "--model", "php", "--smoke", "--steps", "1", "--threads", "1",
+                                "--compare", "sparse_embedding", "--rounds", "1", "--no-flops"])
+    capsys.readouterr()
+    assert [r["sparse_embedding"] for r in summary["results"]] == [False, True]  # the second row ran row-sparse
+    assert set(summary["compare"]["median_pairs_per_s"]) == {"sparse_embedding=False", "sparse_embedding=True"}
+
+
 def test_bench_train_json_file_and_reference_ratio(tmp_path, capsys, reference_dir):
     """Non-smoke rows compare with perf.json; checked here at S's config on a 1-step run with a tiny batch."""
     out = tmp_path / "train.json"
