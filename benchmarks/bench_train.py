@@ -41,7 +41,7 @@ from irra_core import losses  # noqa: E402
 from irra_core.model import build_model  # noqa: E402
 from irra_core.model import fast  # noqa: E402
 from irra_core.model.precision import AUTOCAST_DTYPES  # noqa: E402
-from irra_core.optim import build_optimizer, enable_sparse_embeddings  # noqa: E402
+from irra_core.optim import build_optimizer, set_sparse_embeddings, sparse_embedding_blockers  # noqa: E402
 
 #: --compare KEY -> the variants run in alternation (A B A B ...), each a dict of bench_train arguments
 COMPARISONS = {
@@ -140,8 +140,8 @@ def bench_train(config: str = "S", model_name: str = "irra", device: str = "cpu"
         model = build_model(cfg, num_classes=max(64, batch_size)).to(dev)
         model.trim_text_padding = trim
         model.prune_to_global_token = prune
-        if cfg.optim.sparse_embedding and cfg.optim.optimizer == "AdamW":
-            enable_sparse_embeddings(model)
+        if cfg.optim.sparse_embedding and not sparse_embedding_blockers(cfg):  # as the engine decides
+            set_sparse_embeddings(model)
         optimizer = build_optimizer(model, cfg.optim)
     else:
         raise ValueError(f"impl={impl!r}: choose 'ours' or 'reference_style'")

@@ -331,9 +331,10 @@ def _fit(cfg: Config, run_dir: Path, callbacks: list, resume: bool, dataset: Any
         if stopping or _any_rank(loop.state.stop, device):
             break
         epoch += 1
-    for module in loop.model.modules():  # optim.sparse_embedding: the returned model has dense gradients again
-        if isinstance(module, nn.Embedding):
-            module.sparse = False
+    if cfg.optim.sparse_embedding:  # the returned model has dense gradients again
+        from irra_core.optim import set_sparse_embeddings
+
+        set_sparse_embeddings(loop.model, False)
     return _finish(loop, selection)
 
 
@@ -377,20 +378,16 @@ def _prepare_data(cfg: Config, run: RunDir, dataset: Any, dist_info: DistInfo) -
 
 def _use_sparse_embeddings(cfg: Config, model: nn.Module, dist_info: DistInfo) -> None:
     """``optim.sparse_embedding``: row-sparse token-embedding gradients for :class:`irra_core.optim.RowSparseAdamW`
-    where nothing else needs dense ones; under DDP, ``train.grad_clip``, fp16 loss scaling or another optimiser
-    than AdamW the gradients stay dense (RowSparseAdamW then steps exactly as AdamW) and the main process says
-    so."""
-    from irra_core.optim import enable_sparse_embeddings
+    unless :func:`irra_core.optim.sparse_embedding_blockers` names a reason to keep them dense (RowSparseAdamW
+    then steps exactly as AdamW); the main process says so."""
+    from irra_core.optim import set_sparse_embeddings, sparse_embedding_blockers
 
-    blockers = [reason for reason, on in (("DDP", dist_info.enabled), ("train.grad_clip", cfg.train.grad_clip > 0),
-                                          ("fp16 loss scaling", cfg.model.precision == "fp16"),
-                                          (f"optim.optimizer {cfg.optim.optimizer}", cfg.optim.optimizer != "AdamW"))
-                if on]
+    blockers = sparse_embedding_blockers(cfg, distributed=dist_info.enabled)
     if blockers:
         if dist_info.is_main:
             print(f"optim.sparse_embedding: dense gradients under {', '.join(blockers)} (same result, no speed-up)")
         return
-    enable_sparse_embeddings(model)
+    set_sparse_embeddings(model)
 
 
 def _build_loop(cfg: Config, run: RunDir, dataset: Any, model: nn.Module | None, resume: bool,

@@ -35,7 +35,7 @@ from irra_core.config import OptimConfig
 from irra_core.model.php import rename_release_key
 
 __all__ = ["param_lr_and_weight_decay", "build_param_groups", "build_optimizer", "RowSparseAdamW",
-           "enable_sparse_embeddings"]
+           "set_sparse_embeddings", "sparse_embedding_blockers"]
 
 _EFP_KEY = "efp."
 _MOE_KEYS = ("moe.experts", "moe.input_gate", "moe.task_gate")
@@ -149,9 +149,8 @@ class RowSparseAdamW(torch.optim.AdamW):
             raise ValueError(f"RowSparseAdamW: sparse gradient on a {p.dim()}-D parameter (expected a (rows, D) table)")
         grad = p.grad.coalesce()
         state = self.state[p]
-        if not state:
-            fused_like = group["fused"] or group["capturable"]
-            state["step"] = (torch.zeros((), dtype=torch.float32, device=p.device) if fused_like
+        if not state:  # AdamW's layout: the step count on the parameter's device when fused
+            state["step"] = (torch.zeros((), dtype=torch.float32, device=p.device) if group["fused"]
                              else torch.tensor(0.0, dtype=torch.float32))
             state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
             state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
@@ -197,15 +196,24 @@ class RowSparseAdamW(torch.optim.AdamW):
         return loss
 
 
-def enable_sparse_embeddings(model: nn.Module) -> int:
-    """Give every ``nn.Embedding`` of ``model`` row-sparse gradients (``sparse=True``; the weights are unchanged).
-    Returns how many. Only :class:`RowSparseAdamW` (``optim.sparse_embedding``) steps them."""
+def set_sparse_embeddings(model: nn.Module, sparse: bool = True) -> int:
+    """Give every ``nn.Embedding`` of ``model`` row-sparse (``sparse=True``) or dense gradients; the weights are
+    unchanged. Returns how many. Only :class:`RowSparseAdamW` (``optim.sparse_embedding``) steps sparse ones."""
     count = 0
     for module in model.modules():
         if isinstance(module, nn.Embedding):
-            module.sparse = True
+            module.sparse = sparse
             count += 1
     return count
+
+
+def sparse_embedding_blockers(cfg, distributed: bool = False) -> list[str]:
+    """Why ``optim.sparse_embedding`` must keep dense gradients in this run (empty: it applies): DDP, gradient
+    clipping, fp16 loss scaling, or an optimiser other than AdamW. ``cfg`` is the run's :class:`Config`."""
+    return [reason for reason, on in (("DDP", distributed), ("train.grad_clip", cfg.train.grad_clip > 0),
+                                      ("fp16 loss scaling", cfg.model.precision == "fp16"),
+                                      (f"optim.optimizer {cfg.optim.optimizer}", cfg.optim.optimizer != "AdamW"))
+            if on]
 
 
 def build_optimizer(model: nn.Module, optim: OptimConfig) -> torch.optim.Optimizer:

@@ -284,11 +284,18 @@ def test_sparse_embedding_trains_as_dense_adamw(tmp_path, monkeypatch, preset):
     """optim.sparse_embedding (on in the cpu presets) changes the speed, not the run: same weights after
     a few steps (the MLM branch's random tokens included) as the dense gradient with torch's AdamW, up to
     float rounding."""
-    runs = {}
+    from irra_core.optim import RowSparseAdamW
+
+    runs, sparse_steps, real_step = {}, [], RowSparseAdamW._sparse_step
+    monkeypatch.setattr(RowSparseAdamW, "_sparse_step",
+                        lambda self, p, group: sparse_steps.append(tuple(p.shape)) or real_step(self, p, group))
     for sparse in (True, False):
         monkeypatch.setattr(irra_core.evaluation, "evaluate", ScriptedEvaluate([1.0] * 3), raising=False)
         cfg = _cfg(tmp_path, preset, **{"train.max_steps": 3, "data.batch_size": 4, "optim.sparse_embedding": sparse})
         runs[sparse] = load_checkpoint(fit(cfg, tmp_path / f"run-{sparse}").last_checkpoint)["model"]
+        # the row-sparse path ran on the token embedding at every step of the sparse run, never in the dense one
+        assert sparse_steps == ([(cfg.model.vocab_size, cfg.model.text_width)] * 3 if sparse else []), sparse
+        sparse_steps.clear()
     assert runs[True].keys() == runs[False].keys()
     for key, dense in runs[False].items():
         sparse = runs[True][key]

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from irra_core.config import OptimConfig
-from irra_core.optim import (RowSparseAdamW, build_optimizer, build_param_groups, enable_sparse_embeddings,
+from irra_core.optim import (RowSparseAdamW, build_optimizer, build_param_groups, set_sparse_embeddings,
                               param_lr_and_weight_decay)
 
 CASES = {"irra": "irra", "php_head": "irra", "php_prerelease": "php_prerelease",
@@ -156,7 +156,7 @@ def test_row_sparse_adamw_matches_dense_adamw(fused):
     opt_dense = build_optimizer(dense, options)
     opt_sparse = build_optimizer(sparse, OptimConfig(**{**vars(options), "sparse_embedding": True}))
     assert type(opt_dense) is torch.optim.AdamW and isinstance(opt_sparse, RowSparseAdamW)
-    assert enable_sparse_embeddings(sparse) == 1
+    assert set_sparse_embeddings(sparse) == 1
     batches = _id_batches()
     _train(dense, opt_dense, batches)
     _train(sparse, opt_sparse, batches)
@@ -187,7 +187,7 @@ def test_row_sparse_adamw_state_moves_to_and_from_adamw():
     _train(resumed, opt_first, batches[:8])
     opt_second = build_optimizer(resumed, OptimConfig(**{**vars(options), "sparse_embedding": True}))
     opt_second.load_state_dict(opt_first.state_dict())  # ... then the row-sparse one from its state
-    enable_sparse_embeddings(resumed)
+    set_sparse_embeddings(resumed)
     _train(resumed, opt_second, batches[8:])
     for a, b in zip(reference.parameters(), resumed.parameters()):
         torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-7)
@@ -199,7 +199,7 @@ def test_sparse_embedding_only_changes_adamw():
 
 def test_row_sparse_adamw_refuses_amsgrad():
     model = _Bag()
-    enable_sparse_embeddings(model)
+    set_sparse_embeddings(model)
     opt = RowSparseAdamW(model.parameters(), lr=1e-2, amsgrad=True)
     model(torch.tensor([[1, 2]])).backward()
     with pytest.raises(ValueError, match="amsgrad"):
