@@ -9,6 +9,7 @@ Figures are saved under ``<run>/figures/`` as ``10_*_irra.png`` / ``11_*_php.png
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -218,19 +219,42 @@ def sdm_targets_figure(walk: BatchWalkthrough, run_dir: str | Path, arch: str) -
 
 
 def train_with_live_curves(cfg: Any, run_dir: str | Path, arch: str, *, resume: bool = True,
-                           interactive: bool = False, every: int = 20):
+                           interactive: bool = False, every: int = 20,
+                           alongside: tuple[str, Any] | None = None):
     """Train ``cfg`` into ``run_dir / arch`` (:func:`irra_core.engine.fit`) with a :class:`LiveCurves` callback.
+
+    Args:
+        alongside: ``(name, config)`` of a second run to train into ``run_dir / name`` at the same time, in a
+            child process (:mod:`irra_core.alongside`), when :func:`~irra_core.alongside.plan_alongside` finds
+            a CPU with two or more threads to share; elsewhere it is not trained here (its own notebook trains
+            it) and a line says so. ``11_train_php`` passes notebook 40's batch-axis PHP
+            (:func:`irra_core.workbook.audit_model_config`).
 
     Returns:
         ``(result, live)``: the :class:`irra_core.engine.FitResult` and the callback with its per-step record.
+
+    Raises:
+        irra_core.alongside.AlongsideError: the run alongside failed (after this one finished).
     """
+    from irra_core.alongside import plan_alongside, training_alongside
+    from irra_core.data.loaders import _dataset_for
     from irra_core.engine import fit
     from irra_core.viz.curves import LiveCurves
 
     _figure_path(run_dir, arch, "")  # validates the model name before a long run
     live = LiveCurves(interactive=interactive, every=every)
-    result = fit(cfg, Path(run_dir) / arch, callbacks=[live], resume=resume)
-    print(f"finished: epoch {result.last_epoch}, best epoch {result.best_epoch}, run folder {result.run_dir}")
+    plan = plan_alongside(resolve_device(cfg.train.device)) if alongside else None
+    if alongside and plan is None:
+        print(f"{alongside[0]}: not trained alongside ({resolve_device(cfg.train.device)}, "
+              f"{torch.get_num_threads()} thread(s)); the notebook that needs it trains it", flush=True)
+    with contextlib.ExitStack() as stack:
+        if plan is not None:
+            _dataset_for(cfg)  # prepared (or generated) here, before a second process reads it
+            other = stack.enter_context(training_alongside(alongside[1], Path(run_dir) / alongside[0], plan))
+            print(f"training {arch} on {plan[0]} thread(s) here and {other.name} on {plan[1]} in a second "
+                  f"process (log {other.log_path})", flush=True)
+        result = fit(cfg, Path(run_dir) / arch, callbacks=[live], resume=resume)
+        print(f"finished: epoch {result.last_epoch}, best epoch {result.best_epoch}, run folder {result.run_dir}")
     return result, live
 
 

@@ -16,7 +16,7 @@ from typing import Any, Callable, Mapping, Sequence
 from irra_core import paths
 from irra_core.errors import UserError
 
-__all__ = ["PipelineError", "default_run_name", "resolve_run_dir", "workbook_config", "selected_checkpoint",
+__all__ = ["PipelineError", "default_run_name", "resolve_run_dir", "workbook_config", "AUDIT_RUN", "audit_model_config", "selected_checkpoint",
            "run_checkpoints", "headline_metrics", "REPORTED_PACKAGES", "environment_checks", "raise_for_failed_checks"]
 
 
@@ -82,6 +82,31 @@ def workbook_config(arch: str, preset: str = "cpu", dataset: str = "synthetic", 
         values["train.device"] = device
     values.update(dict(overrides or {}))
     return load_config(preset_for(arch, preset), values, smoke=smoke)
+
+
+#: the folder (under a workbook run) of notebook 40's PHP with the release's batch-axis EFP
+AUDIT_RUN = "php-batch-efp"
+
+
+def audit_model_config(preset: str = "cpu", dataset: str = "synthetic", data_root: str = "data",
+                       overrides: Mapping[str, Any] | None = None, *, smoke: bool = False, device: str = "auto",
+                       seed: int = 1, interactive: bool = False, epochs: int = 0) -> tuple[str, Any]:
+    """Notebook 40's model: the ``php`` preset of the size family with ``model.efp_attention: batch`` (PHP's
+    released EFP, SPEC §2.11), trained as long as the per-sample PHP unless ``epochs`` > 0.
+
+    ``11_train_php`` trains it alongside PHP (:func:`irra_core.train_notebook.train_with_live_curves`) and
+    ``40_leak_audit`` resumes the same folder, so both build it here.
+
+    Returns:
+        ``(folder name, Config)``: :data:`AUDIT_RUN`, or ``f"{AUDIT_RUN}-{epochs}ep"`` when ``epochs`` is set
+        (another run, kept apart from the default one).
+    """
+    values = {**dict(overrides or {}), "model.efp_attention": "batch"}
+    if epochs:
+        values["train.num_epoch"] = int(epochs)
+    cfg = workbook_config("php", preset, dataset, data_root, values, smoke=smoke, device=device, seed=seed,
+                          interactive=interactive)
+    return (f"{AUDIT_RUN}-{int(epochs)}ep" if epochs else AUDIT_RUN), cfg
 
 
 def selected_checkpoint(training_metrics: Mapping[str, Any]) -> str:

@@ -120,6 +120,18 @@ def check_training(model: str):
     return check
 
 
+def check_train_php(run_dir: Path) -> None:
+    check_training("php")(run_dir)
+    executed = nbformat.read(run_dir / "notebooks" / "11_train_php.ipynb", as_version=4)
+    text = "".join(o.get("text", "") for c in executed.cells if c.cell_type == "code" for o in c.outputs)
+    if "in a second process" in text:  # a CPU kernel with >= 2 threads: notebook 40's model trained alongside
+        assert "php-batch-efp: trained alongside in" in text
+        assert_metrics(json.loads((run_dir / "php-batch-efp" / "metrics.json").read_text()), "php-batch-efp")
+    else:
+        assert "php-batch-efp: not trained alongside" in text, text[-2000:]
+        assert not (run_dir / "php-batch-efp").exists()
+
+
 def check_evaluate(run_dir: Path) -> None:
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert_metrics(metrics, "run metrics.json")
@@ -169,7 +181,7 @@ def check_search(run_dir: Path) -> None:
 
 CHECKS = {"00_environment_check": check_environment, "01_prepare_data": check_prepare,
           "02_explore_data": check_explore, "10_train_irra": check_training("irra"),
-          "11_train_php": check_training("php"), "20_evaluate": check_evaluate, "21_compare_runs": check_compare,
+          "11_train_php": check_train_php, "20_evaluate": check_evaluate, "21_compare_runs": check_compare,
           "33_search_your_photos": check_search,
           "40_leak_audit": check_leak_audit}
 

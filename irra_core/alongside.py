@@ -1,0 +1,185 @@
+"""Train a second run at the same time as the one in this process, in its own process (two-core CPUs).
+
+The ``cpu`` presets' towers are small: a training step is a long chain of small operators, and a second
+intra-op thread speeds one run up by far less than 2x. Two runs of one thread each, side by side, get through
+about 1.4-1.9x the steps of one run on two threads (``benchmarks/README.md``, "Fourth pass"). So
+``11_train_php`` trains PHP in the kernel on one thread while notebook 40's batch-axis PHP trains in a
+second process (``python -m irra_core.train``) on the other; notebook 40 then finds that run finished and
+only evaluates it (:func:`irra_core.engine.fit` resumes a finished run without training).
+
+:func:`plan_alongside` decides whether that pays: only on the CPU, and only with at least two torch threads to
+share. Elsewhere (a GPU, one thread) it returns ``None`` and the companion run is left to the notebook that
+needs it.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from irra_core.errors import UserError
+
+__all__ = ["AlongsideError", "AlongsideRun", "plan_alongside", "start_alongside", "training_alongside"]
+
+
+class AlongsideError(UserError):
+    """The run trained alongside failed; the message names it, its exit status and the end of its log."""
+
+
+@dataclass
+class AlongsideRun:
+    """A training run in a child process: ``python -m irra_core.train --config <config> --run_dir <run_dir>``.
+
+    Attributes:
+        name: the run's name in messages (its folder name).
+        run_dir: where it trains (a normal run folder: ``config.yaml``, ``log.jsonl``, checkpoints).
+        log_path: the child's stdout and stderr.
+        threads: its torch intra-op threads (``OMP_NUM_THREADS``).
+        process: the child.
+    """
+
+    name: str
+    run_dir: Path
+    log_path: Path
+    threads: int
+    process: subprocess.Popen = field(repr=False)
+    started: float = field(default_factory=time.perf_counter)
+
+    def running(self) -> bool:
+        """Whether the child has not exited yet."""
+        return self.process.poll() is None
+
+    def tail(self, lines: int = 15) -> str:
+        """The last ``lines`` lines of the child's log ("" when it wrote nothing)."""
+        try:
+            with open(self.log_path, encoding="utf-8", errors="replace") as f:
+                return "".join(deque(f, maxlen=lines)).rstrip()
+        except FileNotFoundError:
+            return ""
+
+    def wait(self) -> float:
+        """Block until the child exits; returns its wall time in seconds.
+
+        Raises:
+            AlongsideError: it exited with a non-zero status (the message quotes the end of its log).
+        """
+        status = self.process.wait()
+        if status != 0:
+            raise AlongsideError(
+                f"{self.name}: the run trained alongside exited with status {status} (log {self.log_path}); "
+                f"its last lines:\n{self.tail()}\nRerun its notebook (it resumes {self.run_dir}), or delete that "
+                f"folder to start it again")
+        return time.perf_counter() - self.started
+
+    def stop(self) -> None:
+        """Terminate the child (SIGTERM, then SIGKILL after 10 s) if it is still running."""
+        if self.running():
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def plan_alongside(device: Any, threads: int | None = None) -> tuple[int, int] | None:
+    """How to share the CPU between this process's run and one run alongside: ``(this, other)`` threads.
+
+    Args:
+        device: where the runs train (``torch.device`` or a name); only ``cpu`` runs side by side.
+        threads: torch threads to share (default ``torch.get_num_threads()``).
+
+    Returns:
+        ``(threads // 2 + threads % 2, threads // 2)``, or ``None`` (train one after the other) on a GPU or
+        with fewer than two threads.
+    """
+    import torch
+
+    threads = torch.get_num_threads() if threads is None else int(threads)
+    if torch.device(device).type != "cpu" or threads < 2:
+        return None
+    return threads - threads // 2, threads // 2
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """Linux: the child gets SIGTERM when the process that started it dies (a killed kernel leaves no
+    orphan writing into the run folder)."""
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def start_alongside(cfg: Any, run_dir: str | Path, threads: int = 1) -> AlongsideRun:
+    """Start training ``cfg`` into ``run_dir`` in a child process with ``threads`` torch threads.
+
+    The config goes to the child as YAML (``<run_dir>.alongside.yaml``, beside the run folder); the child
+    resumes the folder when it already holds the same run (:meth:`irra_core.runs.RunDir.open`) and, when
+    that run had finished, only re-reads its metrics. Its output goes to ``<run_dir>.alongside.log``;
+    progress is written as plain lines.
+
+    Args:
+        cfg: the run's :class:`~irra_core.config.Config`.
+        run_dir: its run folder.
+        threads: ``OMP_NUM_THREADS`` of the child (>= 1).
+
+    Raises:
+        ValueError: ``threads`` < 1.
+    """
+    from irra_core import paths
+    from irra_core.config import copy_config, save_config, set_value
+
+    if threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    run_dir = Path(run_dir)
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    cfg = copy_config(cfg)
+    set_value(cfg, "train.progress", "lines", source="alongside")
+    config_path = run_dir.with_name(run_dir.name + ".alongside.yaml")
+    log_path = run_dir.with_name(run_dir.name + ".alongside.log")
+    save_config(cfg, config_path)
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), MPLBACKEND="Agg",
+               PYTHONUNBUFFERED="1")
+    root = str(paths.project_root())
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
+    command = [sys.executable, "-m", "irra_core.train", "--config", str(config_path), "--run_dir", str(run_dir),
+               "--resume"]
+    with open(log_path, "w", encoding="utf-8") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                   env=env, cwd=root,
+                                   preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
+    return AlongsideRun(run_dir.name, run_dir, log_path, threads, process)
+
+
+@contextlib.contextmanager
+def training_alongside(cfg: Any, run_dir: str | Path, threads: tuple[int, int]) -> Iterator[AlongsideRun]:
+    """Train ``cfg`` into ``run_dir`` in a child process while the block trains here.
+
+    The block runs with ``threads[0]`` torch threads, the child with ``threads[1]`` (see
+    :func:`plan_alongside`). On leaving the block normally, waits for the child and raises if it failed; on
+    an error or interrupt in the block, stops the child (it resumes from its last finished epoch next time).
+
+    Raises:
+        AlongsideError: the child failed.
+    """
+    from irra_core.runtime import torch_threads
+
+    run = start_alongside(cfg, run_dir, threads[1])
+    try:
+        with torch_threads(threads[0]):
+            yield run
+    except BaseException:
+        run.stop()
+        raise
+    if run.running():
+        print(f"waiting for {run.name}, trained alongside (log {run.log_path}) ...", flush=True)
+    seconds = run.wait()
+    print(f"{run.name}: trained alongside in {seconds:.0f} s on {run.threads} thread(s); "
+          f"its last line: {run.tail(1) or '-'}", flush=True)

@@ -1,0 +1,67 @@
+"""A second run trained in a child process while this one trains (irra_core.alongside), and its hand-over to
+notebook 40 (the finished run is resumed, not retrained)."""
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import torch
+
+from irra_core.alongside import AlongsideError, plan_alongside, start_alongside, training_alongside
+from irra_core.config import load_config
+from irra_core.engine import fit
+from irra_core.runs import RunDir
+from irra_core.workbook import AUDIT_RUN, audit_model_config
+
+
+def _cfg(root, **overrides):
+    values = {"data.root": str(root), "train.progress": "none", "data.synthetic_identities": 10,
+              "data.batch_size": 16, "model.efp_attention": "batch"}
+    values.update(overrides)
+    return load_config("php-cpu", values, smoke=True)
+
+
+def test_plan_shares_cpu_threads_only():
+    assert plan_alongside("cpu", 2) == (1, 1)
+    assert plan_alongside("cpu", 5) == (3, 2)
+    assert plan_alongside("cpu", 1) is None
+    assert plan_alongside(torch.device("cuda"), 8) is None
+
+
+def test_run_alongside_trains_and_hands_over_a_finished_run(tmp_path):
+    cfg = _cfg(tmp_path / "data")
+    run = start_alongside(cfg, tmp_path / "run" / "other", threads=1)
+    seconds = run.wait()
+    assert seconds > 0 and not run.running()
+    metrics = json.loads((tmp_path / "run" / "other" / "metrics.json").read_text())
+    assert RunDir(tmp_path / "run" / "other").load_config().train.progress == "lines"  # the child writes lines
+    steps = len((tmp_path / "run" / "other" / "log.jsonl").read_text().splitlines())
+    # notebook 40's fit on the same folder and config: resumes the finished run, trains nothing
+    result = fit(cfg, tmp_path / "run" / "other", resume=True)
+    assert result.metrics["t2i"] == metrics["t2i"]
+    assert len((tmp_path / "run" / "other" / "log.jsonl").read_text().splitlines()) == steps
+
+
+def test_failed_run_alongside_raises_with_its_log(tmp_path):
+    cfg = _cfg(tmp_path / "data", **{"data.dataset": "CUHK-PEDES", "data.root": str(tmp_path / "missing")})
+    run = start_alongside(cfg, tmp_path / "run" / "other", threads=1)
+    with pytest.raises(AlongsideError, match=r"(?s)other: the run trained alongside exited with status 2.*error:"):
+        run.wait()
+
+
+def test_error_here_stops_the_run_alongside(tmp_path):
+    cfg = _cfg(tmp_path / "data", **{"train.num_epoch": 50})
+    with pytest.raises(KeyError, match="boom"):
+        with training_alongside(cfg, tmp_path / "run" / "other", (1, 1)) as run:
+            time.sleep(0.5)
+            raise KeyError("boom")
+    assert run.process.returncode is not None  # terminated, not left running
+
+
+def test_audit_model_config_is_notebook_40s_model():
+    name, cfg = audit_model_config("cpu", seed=3)
+    assert name == AUDIT_RUN and cfg.model.efp_attention == "batch" and cfg.train.seed == 3
+    assert cfg.train.num_epoch == load_config("php-cpu").train.num_epoch  # as long as the per-sample PHP
+    name, cfg = audit_model_config("cpu", epochs=7)
+    assert name == f"{AUDIT_RUN}-7ep" and cfg.train.num_epoch == 7
