@@ -16,7 +16,7 @@ from typing import Any, Callable, Mapping, Sequence
 from irra_core import paths
 from irra_core.errors import UserError
 
-__all__ = ["PipelineError", "default_run_name", "resolve_run_dir", "workbook_config", "AUDIT_RUN", "audit_model_config", "selected_checkpoint",
+__all__ = ["PipelineError", "default_run_name", "resolve_run_dir", "workbook_config", "AUDIT_RUN", "audit_model_config", "train_audit_model", "selected_checkpoint",
            "run_checkpoints", "headline_metrics", "REPORTED_PACKAGES", "environment_checks", "raise_for_failed_checks"]
 
 
@@ -107,6 +107,26 @@ def audit_model_config(preset: str = "cpu", dataset: str = "synthetic", data_roo
     cfg = workbook_config("php", preset, dataset, data_root, values, smoke=smoke, device=device, seed=seed,
                           interactive=interactive)
     return (f"{AUDIT_RUN}-{int(epochs)}ep" if epochs else AUDIT_RUN), cfg
+
+
+def train_audit_model(cfg: Any, run_dir: str | Path, resume: bool = False):
+    """Notebook 40's training cell: :func:`irra_core.engine.fit` of its model into ``run_dir``.
+
+    A finished run there (``metrics.json`` written) with the same config is the one ``11_train_php`` trained
+    alongside PHP in this workbook run: it is reused even when ``resume`` is False (nothing is retrained or
+    overwritten). Otherwise ``resume`` applies as in the training notebooks.
+
+    Returns:
+        The :class:`irra_core.engine.FitResult`.
+
+    Raises:
+        irra_core.runs.RunExistsError: the folder holds a run with another config, or an unfinished run and
+            ``resume`` is False.
+    """
+    from irra_core.engine import fit
+
+    finished = (Path(run_dir) / "metrics.json").exists()
+    return fit(cfg, run_dir, resume=resume or finished)
 
 
 def selected_checkpoint(training_metrics: Mapping[str, Any]) -> str:

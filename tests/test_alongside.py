@@ -10,9 +10,9 @@ import torch
 
 from irra_core.alongside import AlongsideError, plan_alongside, start_alongside, training_alongside
 from irra_core.config import load_config
-from irra_core.engine import fit
 from irra_core.runs import RunDir
-from irra_core.workbook import AUDIT_RUN, audit_model_config
+from irra_core.runs import RunExistsError
+from irra_core.workbook import AUDIT_RUN, audit_model_config, train_audit_model
 
 
 def _cfg(root, **overrides):
@@ -37,8 +37,9 @@ def test_run_alongside_trains_and_hands_over_a_finished_run(tmp_path):
     metrics = json.loads((tmp_path / "run" / "other" / "metrics.json").read_text())
     assert RunDir(tmp_path / "run" / "other").load_config().train.progress == "lines"  # the child writes lines
     steps = len((tmp_path / "run" / "other" / "log.jsonl").read_text().splitlines())
-    # notebook 40's fit on the same folder and config: resumes the finished run, trains nothing
-    result = fit(cfg, tmp_path / "run" / "other", resume=True)
+    # notebook 40 on the same folder and config, in a fresh workbook run (RESUME False): reuses the finished
+    # run, trains nothing
+    result = train_audit_model(cfg, tmp_path / "run" / "other", resume=False)
     assert result.metrics["t2i"] == metrics["t2i"]
     assert len((tmp_path / "run" / "other" / "log.jsonl").read_text().splitlines()) == steps
 
@@ -65,3 +66,10 @@ def test_audit_model_config_is_notebook_40s_model():
     assert cfg.train.num_epoch == load_config("php-cpu").train.num_epoch  # as long as the per-sample PHP
     name, cfg = audit_model_config("cpu", epochs=7)
     assert name == f"{AUDIT_RUN}-7ep" and cfg.train.num_epoch == 7
+
+
+def test_unfinished_audit_run_is_not_taken_over_without_resume(tmp_path):
+    cfg = _cfg(tmp_path / "data")
+    RunDir.open(tmp_path / "other", cfg)  # a run that started (config.yaml) but never finished
+    with pytest.raises(RunExistsError, match="already holds a run"):
+        train_audit_model(cfg, tmp_path / "other", resume=False)

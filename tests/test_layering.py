@@ -12,7 +12,8 @@ Layers, lowest first (a module may import its own layer and the layers listed in
 * ``losses`` (torch alone: no ``irra_core`` import at all); ``data`` (never the model);
 * ``model`` (never data, engine or viz; it may use ``losses``);
 * ``evaluation`` (never the engine);
-* engine: ``engine``, ``runs``, ``optim``, ``scheduler``, ``checkpoint``, ``distributed``, ``train_progress``;
+* engine: ``engine``, ``runs``, ``optim``, ``scheduler``, ``checkpoint``, ``distributed``, ``train_progress``,
+  ``alongside``;
 * ``viz``; workbook: ``workbook``, ``train_notebook``; ``pipeline``;
 * entry points, which may import anything: ``train``, ``test``, ``search``, ``transfer`` and every ``__main__``.
 
@@ -32,7 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = "irra_core"
 
 FOUNDATION = {"", "config", "datasets", "paths", "io_utils", "runtime", "errors", "cli"}
-ENGINE = {"engine", "runs", "optim", "scheduler", "checkpoint", "distributed", "train_progress"}
+ENGINE = {"engine", "runs", "optim", "scheduler", "checkpoint", "distributed", "train_progress", "alongside"}
 WORKBOOK = {"workbook", "train_notebook"}
 ENTRY = {"train", "test", "search", "transfer", "__main__"}
 SUBPACKAGES = {"data", "model", "evaluation", "viz"}
