@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -108,17 +107,25 @@ def plan_alongside(device: Any, threads: int | None = None) -> tuple[int, int] |
     return threads - threads // 2, threads // 2
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    """Linux: the child gets SIGTERM when the process that started it dies (a killed kernel leaves no
-    orphan writing into the run folder)."""
-    with contextlib.suppress(Exception):
+#: the child's entry: ask Linux for SIGTERM when the starting process dies (a killed kernel leaves no orphan
+#: writing into the run folder), then run ``python -m irra_core.train`` with the remaining arguments
+_CHILD = """import os, signal, sys, runpy
+if sys.platform.startswith("linux"):
+    try:
         import ctypes
-
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except Exception:
+        pass
+    if os.getppid() != int(os.environ["IRRA_ALONGSIDE_PARENT"]):
+        sys.exit("irra_core.alongside: the process that started this run has exited")
+runpy.run_module("irra_core.train", run_name="__main__", alter_sys=True)
+"""
 
 
 def start_alongside(cfg: Any, run_dir: str | Path, threads: int = 1) -> AlongsideRun:
-    """Start training ``cfg`` into ``run_dir`` in a child process with ``threads`` torch threads.
+    """Start training ``cfg`` into ``run_dir`` in a child process with ``threads`` torch threads: the
+    child runs ``python -m irra_core.train --config ... --run_dir ... --resume`` and, on Linux, is stopped
+    when this process dies.
 
     The config goes to the child as YAML (``<run_dir>.alongside.yaml``, beside the run folder); the child
     resumes the folder when it already holds the same run (:meth:`irra_core.runs.RunDir.open`) and, when
@@ -146,15 +153,14 @@ def start_alongside(cfg: Any, run_dir: str | Path, threads: int = 1) -> Alongsid
     log_path = run_dir.with_name(run_dir.name + ".alongside.log")
     save_config(cfg, config_path)
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), MPLBACKEND="Agg",
-               PYTHONUNBUFFERED="1")
+               PYTHONUNBUFFERED="1", IRRA_ALONGSIDE_PARENT=str(os.getpid()))
     root = str(paths.project_root())
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
-    command = [sys.executable, "-m", "irra_core.train", "--config", str(config_path), "--run_dir", str(run_dir),
+    command = [sys.executable, "-c", _CHILD, "--config", str(config_path), "--run_dir", str(run_dir),
                "--resume"]
     with open(log_path, "w", encoding="utf-8") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                   env=env, cwd=root,
-                                   preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
+                                   env=env, cwd=root)
     return AlongsideRun(run_dir.name, run_dir, log_path, threads, process)
 
 
@@ -175,11 +181,11 @@ def training_alongside(cfg: Any, run_dir: str | Path, threads: tuple[int, int]) 
     try:
         with torch_threads(threads[0]):
             yield run
+        if run.running():
+            print(f"waiting for {run.name}, trained alongside (log {run.log_path}) ...", flush=True)
+        seconds = run.wait()
     except BaseException:
         run.stop()
         raise
-    if run.running():
-        print(f"waiting for {run.name}, trained alongside (log {run.log_path}) ...", flush=True)
-    seconds = run.wait()
     print(f"{run.name}: trained alongside in {seconds:.0f} s on {run.threads} thread(s); "
           f"its last line: {run.tail(1) or '-'}", flush=True)

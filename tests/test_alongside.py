@@ -3,6 +3,8 @@ notebook 40 (the finished run is resumed, not retrained)."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 
 import pytest
@@ -52,12 +54,13 @@ def test_failed_run_alongside_raises_with_its_log(tmp_path):
 
 
 def test_error_here_stops_the_run_alongside(tmp_path):
-    cfg = _cfg(tmp_path / "data", **{"train.num_epoch": 50})
+    cfg = _cfg(tmp_path / "data", **{"train.num_epoch": 50, "train.max_steps": 100_000})
     with pytest.raises(KeyError, match="boom"):
         with training_alongside(cfg, tmp_path / "run" / "other", (1, 1)) as run:
             time.sleep(0.5)
+            assert run.running()
             raise KeyError("boom")
-    assert run.process.returncode is not None  # terminated, not left running
+    assert run.process.returncode == -15  # terminated (SIGTERM), not left running
 
 
 def test_audit_model_config_is_notebook_40s_model():
@@ -73,3 +76,31 @@ def test_unfinished_audit_run_is_not_taken_over_without_resume(tmp_path):
     RunDir.open(tmp_path / "other", cfg)  # a run that started (config.yaml) but never finished
     with pytest.raises(RunExistsError, match="already holds a run"):
         train_audit_model(cfg, tmp_path / "other", resume=False)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_run_alongside_stops_when_the_starting_process_is_killed(tmp_path):
+    # a killed kernel must not leave a child training into the run folder
+    script = (f"import sys, time\nfrom irra_core.alongside import start_alongside\nfrom irra_core.config import load_config\n"
+              f"cfg = load_config('php-cpu', {{'data.root': {str(tmp_path / 'data')!r}, 'train.num_epoch': 5000, "
+              f"'train.max_steps': 100000, 'data.synthetic_identities': 10, 'data.batch_size': 16}}, smoke=True)\n"
+              f"run = start_alongside(cfg, {str(tmp_path / 'run' / 'other')!r})\n"
+              f"print(run.process.pid, flush=True)\ntime.sleep(600)\n")
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    child = int(parent.stdout.readline())
+    time.sleep(1.0)
+    assert _alive(child)
+    parent.kill()
+    parent.wait()
+    deadline = time.time() + 30
+    while time.time() < deadline and _alive(child):
+        time.sleep(0.2)
+    assert not _alive(child), "the run alongside outlived the process that started it"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"  # a zombie has exited
+    except FileNotFoundError:
+        return False
