@@ -2,7 +2,7 @@
 
 The ``cpu`` presets' towers are small: a training step is a long chain of small operators, and a second
 intra-op thread speeds one run up by far less than 2x. Two runs of one thread each, side by side, get through
-about 1.4-1.9x the steps of one run on two threads (``benchmarks/README.md``, "Fourth pass"). So
+about 1.2-1.8x the training pairs per second of one run on two threads (``benchmarks/README.md``, "Fourth pass"). So
 ``11_train_php`` trains PHP in the kernel on one thread while notebook 40's batch-axis PHP trains in a
 second process (``python -m irra_core.train``) on the other; notebook 40 then finds that run finished and
 only evaluates it (:func:`irra_core.engine.fit` resumes a finished run without training).

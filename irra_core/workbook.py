@@ -16,8 +16,9 @@ from typing import Any, Callable, Mapping, Sequence
 from irra_core import paths
 from irra_core.errors import UserError
 
-__all__ = ["PipelineError", "default_run_name", "resolve_run_dir", "workbook_config", "AUDIT_RUN", "audit_model_config", "train_audit_model", "selected_checkpoint",
-           "run_checkpoints", "headline_metrics", "REPORTED_PACKAGES", "environment_checks", "raise_for_failed_checks"]
+__all__ = ["PipelineError", "default_run_name", "resolve_run_dir", "workbook_config", "AUDIT_RUN",
+           "audit_model_config", "train_audit_model", "selected_checkpoint", "run_checkpoints", "headline_metrics",
+           "REPORTED_PACKAGES", "environment_checks", "raise_for_failed_checks"]
 
 
 class PipelineError(UserError, RuntimeError):

@@ -81,7 +81,8 @@ def test_unfinished_audit_run_is_not_taken_over_without_resume(tmp_path):
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
 def test_run_alongside_stops_when_the_starting_process_is_killed(tmp_path):
     # a killed kernel must not leave a child training into the run folder
-    script = (f"import sys, time\nfrom irra_core.alongside import start_alongside\nfrom irra_core.config import load_config\n"
+    script = (f"import sys, time\nfrom irra_core.alongside import start_alongside\n"
+              f"from irra_core.config import load_config\n"
               f"cfg = load_config('php-cpu', {{'data.root': {str(tmp_path / 'data')!r}, 'train.num_epoch': 5000, "
               f"'train.max_steps': 100000, 'data.synthetic_identities': 10, 'data.batch_size': 16}}, smoke=True)\n"
               f"run = start_alongside(cfg, {str(tmp_path / 'run' / 'other')!r})\n"
