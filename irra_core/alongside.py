@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import subprocess
 import sys
 import time
@@ -62,6 +63,14 @@ class AlongsideRun:
                 return "".join(deque(f, maxlen=lines)).rstrip()
         except FileNotFoundError:
             return ""
+
+    def epoch_lines(self) -> list[str]:
+        """The child's one-line epoch summaries (``epoch N done: loss ... val t2i R1 ...``), in order."""
+        try:
+            with open(self.log_path, encoding="utf-8", errors="replace") as f:
+                return [line.rstrip() for line in f if re.match(r"epoch \d+ done:", line)]
+        except FileNotFoundError:
+            return []
 
     def wait(self) -> float:
         """Block until the child exits; returns its wall time in seconds.
@@ -187,5 +196,5 @@ def training_alongside(cfg: Any, run_dir: str | Path, threads: tuple[int, int]) 
     except BaseException:
         run.stop()
         raise
-    print(f"{run.name}: trained alongside in {seconds:.0f} s on {run.threads} thread(s); "
-          f"its last line: {run.tail(1) or '-'}", flush=True)
+    epochs = "".join(f"\n  {line}" for line in run.epoch_lines()) or " (a finished run: nothing left to train)"
+    print(f"{run.name}: trained alongside in {seconds:.0f} s on {run.threads} thread(s){epochs}", flush=True)

@@ -36,6 +36,7 @@ def test_run_alongside_trains_and_hands_over_a_finished_run(tmp_path):
     run = start_alongside(cfg, tmp_path / "run" / "other", threads=1)
     seconds = run.wait()
     assert seconds > 0 and not run.running()
+    assert [line.split(" done:")[0] for line in run.epoch_lines()] == ["epoch 1"]
     metrics = json.loads((tmp_path / "run" / "other" / "metrics.json").read_text())
     assert RunDir(tmp_path / "run" / "other").load_config().train.progress == "lines"  # the child writes lines
     steps = len((tmp_path / "run" / "other" / "log.jsonl").read_text().splitlines())
