@@ -1,4 +1,4 @@
-"""Train a second run at the same time as the one in this process, in its own process (two-core CPUs).
+"""Train a second run at the same time as the one in this process, in its own process (CPUs).
 
 The ``cpu`` presets' towers are small: a training step is a long chain of small operators, and a second
 intra-op thread speeds one run up by far less than 2x. Two runs of one thread each, side by side, get through
@@ -26,7 +26,8 @@ from typing import Any, Iterator
 
 from irra_core.errors import UserError
 
-__all__ = ["AlongsideError", "AlongsideRun", "plan_alongside", "start_alongside", "training_alongside"]
+__all__ = ["AlongsideError", "AlongsideRun", "AlongsideWatch", "alongside_config_path", "plan_alongside",
+           "start_alongside", "training_alongside"]
 
 
 class AlongsideError(UserError):
@@ -50,7 +51,9 @@ class AlongsideRun:
     log_path: Path
     threads: int
     process: subprocess.Popen = field(repr=False)
-    started: float = field(default_factory=time.perf_counter)
+    started: float = field(default_factory=time.time)
+    #: set once a failure has been reported (by :class:`AlongsideWatch` or :func:`training_alongside`)
+    reported: bool = False
 
     def running(self) -> bool:
         """Whether the child has not exited yet."""
@@ -73,7 +76,7 @@ class AlongsideRun:
             return []
 
     def wait(self) -> float:
-        """Block until the child exits; returns its wall time in seconds.
+        """Block until the child exits; returns its wall time in seconds (start to its last output).
 
         Raises:
             AlongsideError: it exited with a non-zero status (the message quotes the end of its log).
@@ -82,9 +85,13 @@ class AlongsideRun:
         if status != 0:
             raise AlongsideError(
                 f"{self.name}: the run trained alongside exited with status {status} (log {self.log_path}); "
-                f"its last lines:\n{self.tail()}\nRerun its notebook (it resumes {self.run_dir}), or delete that "
-                f"folder to start it again")
-        return time.perf_counter() - self.started
+                f"its last lines:\n{self.tail()}\nNotebook 40 resumes {self.run_dir} (or rerun 11_train_php); delete "
+                f"that folder to start it again")
+        try:
+            ended = os.path.getmtime(self.log_path)
+        except OSError:
+            ended = time.time()
+        return max(0.0, ended - self.started)
 
     def stop(self) -> None:
         """Terminate the child (SIGTERM, then SIGKILL after 10 s) if it is still running."""
@@ -131,6 +138,39 @@ runpy.run_module("irra_core.train", run_name="__main__", alter_sys=True)
 """
 
 
+def alongside_config_path(run_dir: str | Path) -> Path:
+    """``<run_dir>.alongside.yaml``: the config :func:`start_alongside` hands the child, beside its run folder
+    (its presence marks a run started alongside)."""
+    run_dir = Path(run_dir)
+    return run_dir.with_name(run_dir.name + ".alongside.yaml")
+
+
+class AlongsideWatch:
+    """A :func:`irra_core.engine.fit` callback for the run in this process: after each step, notices that the
+    run alongside has failed, reports it at once (not after this run's last step) and gives this process all
+    ``threads`` for the rest of its training.
+
+    A run alongside that finishes normally changes nothing here: this run keeps its thread count to the end, so
+    its arithmetic, and with it its result to the last bit, does not depend on when the other run finished.
+    """
+
+    def __init__(self, run: AlongsideRun, threads: int) -> None:
+        self.run, self.threads, self.done = run, int(threads), False
+
+    def on_step(self, state: Any) -> None:
+        if self.done or self.run.running():
+            return
+        self.done = True
+        if self.run.process.returncode != 0:
+            import torch
+
+            torch.set_num_threads(self.threads)
+            self.run.reported = True
+            print(f"warning: {self.run.name}, trained alongside, exited with status {self.run.process.returncode} "
+                  f"(log {self.run.log_path}); its last lines:\n{self.run.tail()}\nthis run goes on with "
+                  f"{self.threads} threads", flush=True)
+
+
 def start_alongside(cfg: Any, run_dir: str | Path, threads: int = 1) -> AlongsideRun:
     """Start training ``cfg`` into ``run_dir`` in a child process with ``threads`` torch threads: the
     child runs ``python -m irra_core.train --config ... --run_dir ... --resume`` and, on Linux, is stopped
@@ -158,7 +198,7 @@ def start_alongside(cfg: Any, run_dir: str | Path, threads: int = 1) -> Alongsid
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     cfg = copy_config(cfg)
     set_value(cfg, "train.progress", "lines", source="alongside")
-    config_path = run_dir.with_name(run_dir.name + ".alongside.yaml")
+    config_path = alongside_config_path(run_dir)
     log_path = run_dir.with_name(run_dir.name + ".alongside.log")
     save_config(cfg, config_path)
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), MPLBACKEND="Agg",
@@ -169,7 +209,7 @@ def start_alongside(cfg: Any, run_dir: str | Path, threads: int = 1) -> Alongsid
                "--resume"]
     with open(log_path, "w", encoding="utf-8") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                   env=env, cwd=root)
+                                   env=env, cwd=os.getcwd())  # the kernel's folder: relative paths agree
     return AlongsideRun(run_dir.name, run_dir, log_path, threads, process)
 
 

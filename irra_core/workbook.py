@@ -113,21 +113,22 @@ def audit_model_config(preset: str = "cpu", dataset: str = "synthetic", data_roo
 def train_audit_model(cfg: Any, run_dir: str | Path, resume: bool = False):
     """Notebook 40's training cell: :func:`irra_core.engine.fit` of its model into ``run_dir``.
 
-    A finished run there (``metrics.json`` written) with the same config is the one ``11_train_php`` trained
-    alongside PHP in this workbook run: it is reused even when ``resume`` is False (nothing is retrained or
-    overwritten). Otherwise ``resume`` applies as in the training notebooks.
+    A run that ``11_train_php`` started alongside PHP in this workbook run (its
+    :func:`~irra_core.alongside.alongside_config_path` file is there) is this notebook's own: it is resumed even
+    when ``resume`` is False, so a finished one is only re-read and an interrupted one continues from its last
+    epoch (a different config is still refused). Otherwise ``resume`` applies as in the training notebooks.
 
     Returns:
         The :class:`irra_core.engine.FitResult`.
 
     Raises:
-        irra_core.runs.RunExistsError: the folder holds a run with another config, or an unfinished run and
-            ``resume`` is False.
+        irra_core.runs.RunExistsError: the folder holds a run with another config, or (not started alongside)
+            any run while ``resume`` is False.
     """
+    from irra_core.alongside import alongside_config_path
     from irra_core.engine import fit
 
-    finished = (Path(run_dir) / "metrics.json").exists()
-    return fit(cfg, run_dir, resume=resume or finished)
+    return fit(cfg, run_dir, resume=resume or alongside_config_path(run_dir).exists())
 
 
 def selected_checkpoint(training_metrics: Mapping[str, Any]) -> str:

@@ -10,10 +10,11 @@ import time
 import pytest
 import torch
 
-from irra_core.alongside import AlongsideError, plan_alongside, start_alongside, training_alongside
-from irra_core.config import load_config
-from irra_core.runs import RunDir
-from irra_core.runs import RunExistsError
+from irra_core.alongside import (AlongsideError, AlongsideRun, AlongsideWatch, alongside_config_path, plan_alongside,
+                                 start_alongside, training_alongside)
+from irra_core.config import load_config, save_config
+from irra_core.runs import RunDir, RunExistsError
+from irra_core.train_notebook import train_with_live_curves
 from irra_core.workbook import AUDIT_RUN, audit_model_config, train_audit_model
 
 
@@ -106,3 +107,54 @@ def _alive(pid: int) -> bool:
             return f.read().split(")")[-1].split()[0] != "Z"  # a zombie has exited
     except FileNotFoundError:
         return False
+
+
+def test_interrupted_run_started_alongside_is_resumed_by_notebook_40(tmp_path):
+    cfg = _cfg(tmp_path / "data")
+    RunDir.open(tmp_path / "other", cfg)  # started alongside, then the kernel died before its first epoch ended
+    save_config(cfg, alongside_config_path(tmp_path / "other"))
+    result = train_audit_model(cfg, tmp_path / "other", resume=False)
+    assert result.last_epoch == 1 and (tmp_path / "other" / "metrics.json").exists()
+
+
+def test_watch_reports_a_failed_run_at_once_and_returns_the_threads(tmp_path, capsys):
+    log = tmp_path / "other.alongside.log"
+    log.write_text("error: something the child could not do\n")
+    process = subprocess.Popen([sys.executable, "-c", "import sys; sys.exit(3)"])
+    process.wait()
+    run = AlongsideRun("other", tmp_path / "other", log, 1, process)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        AlongsideWatch(run, 2).on_step(None)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    out = capsys.readouterr().out
+    assert "warning: other, trained alongside, exited with status 3" in out and "could not do" in out
+    assert run.reported
+    # a run alongside that succeeded leaves this run's threads alone (its result must not depend on timing)
+    ok = subprocess.Popen([sys.executable, "-c", "pass"])
+    ok.wait()
+    try:
+        torch.set_num_threads(1)
+        AlongsideWatch(AlongsideRun("fine", tmp_path / "fine", log, 1, ok), 2).on_step(None)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_failed_run_alongside_does_not_fail_the_training_notebook(tmp_path, capsys):
+    cfg = _cfg(tmp_path / "data", **{"model.efp_attention": "tokens"})
+    broken = _cfg(tmp_path / "data", **{"data.dataset": "CUHK-PEDES", "data.root": str(tmp_path / "missing")})
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        result, _ = train_with_live_curves(cfg, tmp_path / "run", "php", alongside=("php-batch-efp", broken))
+    finally:
+        torch.set_num_threads(before)
+    assert (tmp_path / "run" / "php" / "metrics.json").exists() and result.last_epoch == 1
+    out = capsys.readouterr().out
+    assert "php-batch-efp, trained alongside, exited with status 2" in out or \
+        "warning: php-batch-efp: the run trained alongside exited with status 2" in out
+    assert "php trained normally; php-batch-efp did not finish alongside" in out
