@@ -59,21 +59,23 @@ class AlongsideRun:
         """Whether the child has not exited yet."""
         return self.process.poll() is None
 
-    def tail(self, lines: int = 15) -> str:
-        """The last ``lines`` lines of the child's log ("" when it wrote nothing)."""
+    def _this_start(self) -> list[str]:
+        """The log lines this start wrote (the log keeps earlier starts above a ``== start`` line each)."""
         try:
             with open(self.log_path, encoding="utf-8", errors="replace") as f:
-                return "".join(deque(f, maxlen=lines)).rstrip()
-        except FileNotFoundError:
-            return ""
-
-    def epoch_lines(self) -> list[str]:
-        """The child's one-line epoch summaries (``epoch N done: loss ... val t2i R1 ...``), in order."""
-        try:
-            with open(self.log_path, encoding="utf-8", errors="replace") as f:
-                return [line.rstrip() for line in f if re.match(r"epoch \d+ done:", line)]
+                lines = f.read().splitlines()
         except FileNotFoundError:
             return []
+        starts = [i for i, line in enumerate(lines) if line.startswith(_START_MARK)]
+        return lines[starts[-1] + 1:] if starts else lines
+
+    def tail(self, lines: int = 15) -> str:
+        """The last ``lines`` lines this start wrote ("" when it wrote nothing)."""
+        return "\n".join(deque(self._this_start(), maxlen=lines)).rstrip()
+
+    def epoch_lines(self) -> list[str]:
+        """This start's one-line epoch summaries (``epoch N done: loss ... val t2i R1 ...``), in order."""
+        return [line for line in self._this_start() if re.match(r"epoch \d+ done:", line)]
 
     def wait(self) -> float:
         """Block until the child exits; returns its wall time in seconds (start to its last output).
@@ -122,6 +124,9 @@ def plan_alongside(device: Any, threads: int | None = None) -> tuple[int, int] |
         return None
     return threads - threads // 2, threads // 2
 
+
+#: the first line each start appends to the log (a resumed run keeps the output of its earlier starts)
+_START_MARK = "== start of python -m irra_core.train alongside, "
 
 #: the child's entry: ask Linux for SIGTERM when the starting process dies (a killed kernel leaves no orphan
 #: writing into the run folder), then run ``python -m irra_core.train`` with the remaining arguments
@@ -178,8 +183,9 @@ def start_alongside(cfg: Any, run_dir: str | Path, threads: int = 1) -> Alongsid
 
     The config goes to the child as YAML (``<run_dir>.alongside.yaml``, beside the run folder); the child
     resumes the folder when it already holds the same run (:meth:`irra_core.runs.RunDir.open`) and, when
-    that run had finished, only re-reads its metrics. Its output goes to ``<run_dir>.alongside.log``;
-    progress is written as plain lines.
+    that run had finished, only re-reads its metrics. Its output is appended to ``<run_dir>.alongside.log``
+    (one ``== start`` line per start, so a resumed run keeps the earlier output); progress is written as plain
+    lines.
 
     Args:
         cfg: the run's :class:`~irra_core.config.Config`.
@@ -207,22 +213,30 @@ def start_alongside(cfg: Any, run_dir: str | Path, threads: int = 1) -> Alongsid
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
     command = [sys.executable, "-c", _CHILD, "--config", str(config_path), "--run_dir", str(run_dir),
                "--resume"]
-    with open(log_path, "w", encoding="utf-8") as log:
+    with open(log_path, "a", encoding="utf-8") as log:
+        log.write(f"{_START_MARK}{time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        log.flush()
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                    env=env, cwd=os.getcwd())  # the kernel's folder: relative paths agree
     return AlongsideRun(run_dir.name, run_dir, log_path, threads, process)
 
 
 @contextlib.contextmanager
-def training_alongside(cfg: Any, run_dir: str | Path, threads: tuple[int, int]) -> Iterator[AlongsideRun]:
+def training_alongside(cfg: Any, run_dir: str | Path, threads: tuple[int, int], *,
+                       warn: bool = False) -> Iterator[AlongsideRun]:
     """Train ``cfg`` into ``run_dir`` in a child process while the block trains here.
 
     The block runs with ``threads[0]`` torch threads, the child with ``threads[1]`` (see
-    :func:`plan_alongside`). On leaving the block normally, waits for the child and raises if it failed; on
-    an error or interrupt in the block, stops the child (it resumes from its last finished epoch next time).
+    :func:`plan_alongside`). On leaving the block normally, waits for the child; on an error or interrupt in
+    the block, stops the child (it resumes from its last finished epoch next time).
+
+    Args:
+        warn: a failed child is a printed warning (quoting its log, unless :class:`AlongsideWatch` already
+            did) instead of an error: the block's own run is fine, and the notebook that needs the other run
+            resumes or retrains it.
 
     Raises:
-        AlongsideError: the child failed.
+        AlongsideError: the child failed (not with ``warn``).
     """
     from irra_core.runtime import torch_threads
 
@@ -233,6 +247,13 @@ def training_alongside(cfg: Any, run_dir: str | Path, threads: tuple[int, int]) 
         if run.running():
             print(f"waiting for {run.name}, trained alongside (log {run.log_path}) ...", flush=True)
         seconds = run.wait()
+    except AlongsideError as error:
+        if not warn:
+            raise
+        if not run.reported:
+            print(f"warning: {error}", flush=True)
+        print(f"{run.name} did not finish alongside: the notebook that needs it resumes or retrains it", flush=True)
+        return
     except BaseException:
         run.stop()
         raise

@@ -237,7 +237,7 @@ def train_with_live_curves(cfg: Any, run_dir: str | Path, arch: str, *, resume: 
     exits (:class:`~irra_core.alongside.AlongsideWatch`, which then gives this run all the threads), and its
     notebook resumes or retrains it.
     """
-    from irra_core.alongside import AlongsideError, AlongsideWatch, plan_alongside, training_alongside
+    from irra_core.alongside import AlongsideWatch, plan_alongside, training_alongside
     from irra_core.data.loaders import _dataset_for
     from irra_core.engine import fit
     from irra_core.viz.curves import LiveCurves
@@ -249,21 +249,16 @@ def train_with_live_curves(cfg: Any, run_dir: str | Path, arch: str, *, resume: 
     if alongside and plan is None:
         print(f"{alongside[0]}: not trained alongside ({resolve_device(cfg.train.device)}, "
               f"{torch.get_num_threads()} thread(s)); the notebook that needs it trains it", flush=True)
-    try:
-        with contextlib.ExitStack() as stack:
-            if plan is not None:
-                _dataset_for(cfg)  # prepared (or generated) here, before a second process reads it
-                other = stack.enter_context(training_alongside(alongside[1], Path(run_dir) / alongside[0], plan))
-                callbacks.append(AlongsideWatch(other, sum(plan)))
-                print(f"training {arch} on {plan[0]} thread(s) here and {other.name} on {plan[1]} in a second "
-                      f"process (log {other.log_path})", flush=True)
-            result = fit(cfg, Path(run_dir) / arch, callbacks=callbacks, resume=resume)
-            print(f"finished: epoch {result.last_epoch}, best epoch {result.best_epoch}, run folder {result.run_dir}")
-    except AlongsideError as error:  # this notebook's own run is fine: say so, and leave the other to its notebook
-        if not other.reported:
-            print(f"warning: {error}", flush=True)
-        print(f"{arch} trained normally; {other.name} did not finish alongside: the notebook that needs it resumes "
-              f"or retrains it", flush=True)
+    with contextlib.ExitStack() as stack:
+        if plan is not None:
+            _dataset_for(cfg)  # prepared (or generated) here, before a second process reads it
+            other = stack.enter_context(training_alongside(alongside[1], Path(run_dir) / alongside[0], plan,
+                                                           warn=True))
+            callbacks.append(AlongsideWatch(other, sum(plan)))
+            print(f"training {arch} on {plan[0]} thread(s) here and {other.name} on {plan[1]} in a second "
+                  f"process (log {other.log_path})", flush=True)
+        result = fit(cfg, Path(run_dir) / arch, callbacks=callbacks, resume=resume)
+        print(f"finished: epoch {result.last_epoch}, best epoch {result.best_epoch}, run folder {result.run_dir}")
     return result, live
 
 

@@ -46,6 +46,12 @@ def test_run_alongside_trains_and_hands_over_a_finished_run(tmp_path):
     result = train_audit_model(cfg, tmp_path / "run" / "other", resume=False)
     assert result.metrics["t2i"] == metrics["t2i"]
     assert len((tmp_path / "run" / "other" / "log.jsonl").read_text().splitlines()) == steps
+    # started again on the finished folder: nothing to train, and the first start's output is kept in the log
+    again = start_alongside(cfg, tmp_path / "run" / "other", threads=1)
+    again.wait()
+    assert again.epoch_lines() == [] and run.log_path == again.log_path
+    assert run.log_path.read_text().count("== start of python -m irra_core.train alongside") == 2
+    assert "epoch 1 done:" in run.log_path.read_text()
 
 
 def test_failed_run_alongside_raises_with_its_log(tmp_path):
@@ -157,4 +163,4 @@ def test_failed_run_alongside_does_not_fail_the_training_notebook(tmp_path, caps
     out = capsys.readouterr().out
     assert "php-batch-efp, trained alongside, exited with status 2" in out or \
         "warning: php-batch-efp: the run trained alongside exited with status 2" in out
-    assert "php trained normally; php-batch-efp did not finish alongside" in out
+    assert "php-batch-efp did not finish alongside: the notebook that needs it resumes or retrains it" in out
