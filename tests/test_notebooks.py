@@ -167,6 +167,10 @@ def check_leak_audit(run_dir: Path) -> None:
     audit = json.loads((run_dir / "leak_audit.json").read_text())
     assert audit["php-batch-efp"]["flagged"] is True, "batch-axis EFP must show batch dependence"
     assert audit["php"]["flagged"] is False, "per-sample EFP must be batch-invariant"
+    per_sample = {r["metric"]: r for r in audit["php"]["ordered_minus_shuffled"]}
+    assert per_sample["R1"]["diff"] == 0 and per_sample["R1"]["p_value"] == 1.0
+    batch = {r["metric"]: r for r in audit["php-batch-efp"]["ordered_minus_shuffled"]}
+    assert all(r["low"] <= r["diff"] <= r["high"] for r in batch.values())
     import pandas as pd
 
     paired = pd.read_csv(run_dir / "paired_leak.csv")

@@ -15,6 +15,17 @@ def test_order_verdict_states_direction_and_size():
     assert "1.50 pp *below*" in below and "inflated" not in below
 
 
+def test_order_verdict_with_a_paired_interval_says_whether_it_is_noise():
+    clear = order_verdict("b", 38.12, 34.13, 64, interval=(1.2, 6.8), p_value=0.004)
+    assert "3.99 pp above" in clear and "[+1.20, +6.80]" in clear and "p = 0.004" in clear
+    assert "changes the test result" in clear and "noise" not in clear
+    noisy = order_verdict("b", 38.12, 34.13, 64, interval=(-0.47, 8.24), p_value=0.089)
+    assert "3.99 pp above" in noisy and "within the noise" in noisy and "changes" not in noisy
+    lower = order_verdict("b", 27.43, 30.09, 64, interval=(-4.6, -0.8), p_value=0.007, metric="mAP")
+    assert "t2i mAP 27.43" in lower and "2.66 pp *below*" in lower and "changes the test result" in lower
+    assert "identical in both orders" in order_verdict("p", 29.7, 29.7, 64, interval=(0.0, 0.0), p_value=1.0)
+
+
 def _report(rows):
     keys = [f"{t}_{k}" for t in ("t2i", "i2t") for k in ("R1", "R5", "R10", "mAP", "mINP")]
     runs = [{"batch_size": bs, "shuffled": sh, "max_embedding_diff": 0.0, **{k: r1 for k in keys}}

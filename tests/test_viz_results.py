@@ -62,3 +62,16 @@ def test_plot_leak_audit_picks_batch_size_one_ordered_and_shuffled():
     assert [p.get_height() for p in fig.axes[0].patches] == [30.0, 45.0, 31.0]  # smallest batched size: 16
     fig = results.plot_leak_audit({"php-batch-efp": frame}, ("t2i_R1", "t2i_mAP"), batch_size=64)
     assert [p.get_height() for p in fig.axes[1].patches] == [20.0, 26.0, 22.0]
+
+
+def test_plot_inflation_curve_draws_the_paired_interval_band():
+    curve = pd.DataFrame({"batch_size": [32, 64, 512], "gallery_ids_per_batch": [2.4, 3.9, 20.5],
+                          "inflation_R1": [4.0, 3.0, -3.0], "inflation_R1_low": [1.0, -0.5, -7.0],
+                          "inflation_R1_high": [7.0, 6.5, 1.0]})
+    ax = results.plot_inflation_curve({"php-batch-efp": curve}).axes[0]
+    line = ax.get_lines()[0]
+    assert list(line.get_ydata()) == [4.0, 3.0, -3.0]
+    band = ax.collections[0].get_paths()[0].vertices
+    assert band[:, 1].min() == pytest.approx(-7.0) and band[:, 1].max() == pytest.approx(7.0)
+    no_band = results.plot_inflation_curve({"m": curve.drop(columns=["inflation_R1_low", "inflation_R1_high"])})
+    assert not no_band.axes[0].collections

@@ -14,7 +14,7 @@ from typing import Any, Optional, Sequence
 import torch
 from torch import nn
 
-from irra_core.evaluation.encode import encode_split, resolve_device
+from irra_core.evaluation.encode import EncodedSplit, _autocast, encode_split, resolve_device
 from irra_core.evaluation.evaluate import metrics_from_embeddings
 from irra_core.evaluation.metrics import METRIC_KEYS
 
@@ -181,6 +181,100 @@ def _audit_verdict(runs: list[dict], tolerance: float, metric_tolerance: float, 
                            reasons=reasons, tolerance=tolerance, metric_tolerance=metric_tolerance,
                            num_queries=num_queries, num_gallery=num_gallery)
 
+def _loader_orders(cfg: Any, split: Any, batch_size: int, shuffled: bool, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(gallery order (G,), query order (Q,)): the split index of each item in the order the evaluation loaders
+    of ``build_eval_loaders(cfg, split, batch_size, shuffle=shuffled, seed)`` yield them."""
+    from irra_core.data import build_eval_loaders
+
+    gallery, query = build_eval_loaders(cfg, split, batch_size=batch_size, shuffle=shuffled, seed=seed)
+    return tuple(torch.as_tensor(d.order, dtype=torch.long) if d.order is not None
+                 else torch.arange(len(d)) for d in (gallery.dataset, query.dataset))
+
+
+@torch.no_grad()
+def _efp_in_batches(model: nn.Module, base: torch.Tensor, unified: torch.Tensor, order: torch.Tensor, batch_size: int,
+                    modality: str, device: torch.device) -> torch.Tensor:
+    """Global features (N, D) in annotation order: EFP run on consecutive ``batch_size`` chunks of ``order``."""
+    out = torch.empty_like(base)
+    for start in range(0, len(order), batch_size):
+        rows = order[start:start + batch_size]
+        with _autocast(device):
+            feats = model.efp_global(base[rows].to(device), unified[rows].to(device), modality)
+        out[rows] = feats.float().cpu()
+    return out
+
+
+@torch.no_grad()
+def encode_arrangements(
+    model: nn.Module,
+    cfg: Any,
+    split: Any = "test",
+    arrangements: Sequence[tuple[int, bool]] = ((64, False), (64, True)),
+    *,
+    seed: int = 0,
+    device: Any = None,
+    progress: bool = False,
+) -> dict[tuple[int, bool], EncodedSplit]:
+    """Encode ``split`` once per arrangement ``(batch_size, shuffled)`` of its samples into evaluation batches.
+
+    Each result equals ``encode_split(model, cfg, split, batch_size=..., shuffle=..., seed=seed)``. A model with
+    :meth:`~irra_core.model.php.PHP.efp_inputs` (PHP) runs its towers and CRFM once per sample and only its EFP
+    once per arrangement, in the batches the evaluation loaders would form: only EFP can mix the samples of a
+    batch (``model.efp_attention="batch"``, SPEC §2.11), and it costs a small fraction of the towers, so a batch-
+    size sweep costs about one encoding. Other models are encoded in full for every arrangement.
+    ``tests/test_leak_curve.py`` checks both paths against :func:`encode_split` (equal to 1e-5).
+
+    Args:
+        split: ``"val"`` | ``"test"`` or a split dict (as :func:`encode_split`).
+        arrangements: ``(batch_size, shuffled)`` pairs; shuffled orders are the seeded ones of
+            ``irra_core.data.build_eval_loaders(..., shuffle=True, seed=seed)``.
+
+    Returns:
+        ``{(batch_size, shuffled): EncodedSplit}``, embeddings (Q, D) / (G, D) float32 in annotation order.
+    """
+    dev = resolve_device(device, cfg, model)
+    arrangements = [(int(bs), bool(sh)) for bs, sh in arrangements]
+    if not hasattr(model, "efp_inputs"):
+        return {(bs, sh): encode_split(model, cfg, split, device=dev, batch_size=bs, shuffle=sh, seed=seed,
+                                       progress=progress) for bs, sh in arrangements}
+    staged = encode_split(_EFPInputs(model), cfg, split, device=dev, seed=seed, progress=progress)
+    d = model.embed_dim
+    q_base, q_unified = staged.q_feats[:, :d], staged.q_feats[:, d:].reshape(len(staged.q_feats), -1, d)
+    g_base, g_unified = staged.g_feats[:, :d], staged.g_feats[:, d:].reshape(len(staged.g_feats), -1, d)
+    was_training = model.training
+    model.eval()
+    results = {}
+    try:
+        for bs, shuffled in arrangements:
+            g_order, q_order = _loader_orders(cfg, split, bs, shuffled, seed)
+            results[(bs, shuffled)] = EncodedSplit(
+                q_feats=_efp_in_batches(model, q_base, q_unified, q_order, bs, "text", dev), q_pids=staged.q_pids,
+                g_feats=_efp_in_batches(model, g_base, g_unified, g_order, bs, "image", dev), g_pids=staged.g_pids,
+                captions=staged.captions, img_paths=staged.img_paths)
+    finally:
+        model.train(was_training)
+    return results
+
+
+class _EFPInputs(nn.Module):
+    """Adapter for :func:`encode_split`: ``encode_image`` / ``encode_text`` return PHP's per-sample EFP inputs
+    flattened, ``[base (D) | unified (cnum * D)]`` per row."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def _flat(self, inputs: torch.Tensor, modality: str) -> torch.Tensor:
+        base, unified = self.model.efp_inputs(inputs, modality)
+        return torch.cat([base.float(), unified.float().flatten(1)], dim=1)
+
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        return self._flat(images, "image")
+
+    def encode_text(self, caption_ids: torch.Tensor) -> torch.Tensor:
+        return self._flat(caption_ids, "text")
+
+
 def identities_per_batch(pids: Sequence[int], batch_size: int, order: Optional[Sequence[int]] = None) -> float:
     """Mean number of distinct identities in the batches of ``batch_size`` consecutive items.
 
@@ -205,6 +299,7 @@ def inflation_curve(
     device: Any = None,
     max_queries: Optional[int] = None,
     progress: bool = False,
+    n_resamples: int = 1000,
 ):
     """Identity-ordered minus shuffled retrieval as a function of the batch composition.
 
@@ -221,11 +316,16 @@ def inflation_curve(
     Returns:
         pandas DataFrame, one row per batch size: ``batch_size``, ``gallery_ids_per_batch``,
         ``query_ids_per_batch`` (identity-ordered), ``shuffled_gallery_ids_per_batch``,
-        ``ordered_R1``, ``shuffled_R1``, ``inflation_R1`` (pp), ``ordered_mAP``, ``shuffled_mAP``,
-        ``inflation_mAP`` (pp).
+        ``ordered_R1``, ``shuffled_R1``, ``inflation_R1`` (pp) with ``inflation_R1_low`` / ``_high`` (its paired
+        95% interval over identities, :func:`irra_core.evaluation.bootstrap.paired_test` with ``n_resamples``),
+        ``ordered_mAP``, ``shuffled_mAP``, ``inflation_mAP`` (pp).
+
+    The towers run once; only EFP runs per batch size and order (:func:`encode_arrangements`).
     """
     import numpy as np
     import pandas as pd
+
+    from irra_core.evaluation.bootstrap import paired_test
 
     split_dict = _audited_split(cfg, split, max_queries, None)
     dev = resolve_device(device, cfg, model)
@@ -233,34 +333,84 @@ def inflation_curve(
     # the order build_eval_loaders uses when shuffling (same rng draws)
     rng = np.random.default_rng([seed, 17])
     g_shuffled = rng.permutation(len(g_pids))
+    encodings = encode_arrangements(model, cfg, split_dict, [(bs, sh) for bs in batch_sizes for sh in (False, True)],
+                                    seed=seed, device=dev, progress=progress)
     rows = []
     for bs in batch_sizes:
         row: dict = {"batch_size": int(bs), "gallery_ids_per_batch": identities_per_batch(g_pids, bs),
                      "query_ids_per_batch": identities_per_batch(q_pids, bs),
                      "shuffled_gallery_ids_per_batch": identities_per_batch(g_pids, bs, g_shuffled)}
+        tables = {}
         for name, shuffled in (("ordered", False), ("shuffled", True)):
-            encoded = encode_split(model, cfg, split_dict, device=dev, batch_size=int(bs), shuffle=shuffled,
-                                   seed=seed, progress=progress)
-            metrics, _ = metrics_from_embeddings(encoded, i2t=False, topk=0)
+            encoded = encodings[(int(bs), shuffled)]
+            metrics, per_query = metrics_from_embeddings(encoded, i2t=False, topk=0)
             row[f"{name}_R1"], row[f"{name}_mAP"] = metrics["t2i"]["R1"], metrics["t2i"]["mAP"]
+            tables[name] = {"first_hit_rank": per_query.first_hit_rank, "AP": per_query.ap, "INP": per_query.inp,
+                            "pid": encoded.q_pids.numpy()}
+        paired = paired_test(tables["ordered"], tables["shuffled"], n_resamples=n_resamples, seed=seed)
         row["inflation_R1"] = row["ordered_R1"] - row["shuffled_R1"]
+        row["inflation_R1_low"], row["inflation_R1_high"] = paired.loc["R1", "low"], paired.loc["R1", "high"]
         row["inflation_mAP"] = row["ordered_mAP"] - row["shuffled_mAP"]
         rows.append(row)
     return pd.DataFrame(rows)
 
 
-def order_verdict(name: str, ordered: float, shuffled: float, batch_size: int, *, tolerance: float = 0.005) -> str:
-    """One sentence on a model's t2i R1 (percent) with identity-ordered vs shuffled test batches: identical (within
-    ``tolerance`` pp), inflated (ordered above) or below. Notebook 40 prints it under the table, so the text always
-    states the measured direction and size."""
+def order_comparison(model: nn.Module, cfg: Any, split: Any = "test", *, batch_size: Optional[int] = None,
+                     seed: int = 0, device: Any = None, n_resamples: int = 1000, progress: bool = False) -> dict:
+    """One model's test metrics with identity-ordered and with shuffled evaluation batches, and their paired difference.
+
+    Both encodings come from :func:`encode_arrangements` (batch size ``batch_size``, default
+    ``cfg.data.test_batch_size``; shuffled: the loaders' seeded order). The difference is per query, on the same
+    captions and gallery, so the test sees only what the batching changed: ``paired`` is
+    :func:`irra_core.evaluation.bootstrap.paired_test` of ordered minus shuffled (95% identity-bootstrap interval,
+    sign-flip p-value over identities, ``n_resamples`` each).
+
+    Returns:
+        ``{"identity-ordered": metrics, "shuffled": metrics, "paired": DataFrame}``; ``metrics`` as
+        :func:`irra_core.evaluation.metrics_from_embeddings` (``{"t2i": {...}, "i2t": {...}}`` in percent, with
+        ``"ci"`` intervals); ``paired`` indexed by metric (R1 ... mINP, t2i) with columns ``identity-ordered``,
+        ``shuffled``, ``diff``, ``low``, ``high`` (percentage points) and ``p_value``.
+    """
+    from irra_core.evaluation.bootstrap import paired_test
+
+    bs = int(batch_size or cfg.data.test_batch_size)
+    encodings = encode_arrangements(model, cfg, split, [(bs, False), (bs, True)], seed=seed, device=device,
+                                    progress=progress)
+    out, tables = {}, {}
+    for name, shuffled in (("identity-ordered", False), ("shuffled", True)):
+        encoded = encodings[(bs, shuffled)]
+        metrics, per_query = metrics_from_embeddings(encoded, topk=0, bootstrap=n_resamples, bootstrap_seed=seed)
+        out[name] = {k: v for k, v in metrics.items() if k in ("t2i", "i2t", "ci")}
+        tables[name] = {"first_hit_rank": per_query.first_hit_rank, "AP": per_query.ap, "INP": per_query.inp,
+                        "pid": encoded.q_pids.numpy()}
+    out["paired"] = paired_test(tables["identity-ordered"], tables["shuffled"], n_resamples=n_resamples, seed=seed,
+                                names=("identity-ordered", "shuffled"))
+    return out
+
+
+def order_verdict(name: str, ordered: float, shuffled: float, batch_size: int, *, tolerance: float = 0.005,
+                  interval: Optional[tuple[float, float]] = None, p_value: Optional[float] = None,
+                  metric: str = "R1") -> str:
+    """One sentence on a model's t2i ``metric`` (percent) with identity-ordered vs shuffled test batches: identical
+    (within ``tolerance`` pp), above or below. Notebook 40 prints it under the table, so the text always states the
+    measured direction and size. With the paired ``interval`` (low, high; pp) and ``p_value`` of
+    :func:`order_comparison` it also says whether the difference stands out from the noise of sampling test
+    identities (an interval that excludes 0) or not."""
     gain = ordered - shuffled
     if abs(gain) < tolerance:
         verdict = "identical in both orders: its test result does not depend on batching"
-    elif gain > 0:
-        verdict = f"identity-ordered batches score {gain:.2f} pp above shuffled ones: the test result is inflated"
     else:
-        verdict = f"identity-ordered batches score {-gain:.2f} pp *below* shuffled ones"
-    return f"{name}: t2i R1 {ordered:.2f} identity-ordered vs {shuffled:.2f} shuffled (batch size {batch_size}): {verdict}"
+        verdict = f"identity-ordered batches score {abs(gain):.2f} pp {'above' if gain > 0 else '*below*'} shuffled ones"
+        if interval is None:
+            verdict += ": the test result is inflated" if gain > 0 else ""
+        else:
+            low, high = interval
+            verdict += (f" (paired 95% interval [{low:+.2f}, {high:+.2f}] pp"
+                        + (f", p = {p_value:.3g}" if p_value is not None else "") + ")")
+            verdict += (": the batching changes the test result" if low > 0 or high < 0
+                        else ": a difference within the noise of sampling this many test identities")
+    return (f"{name}: t2i {metric} {ordered:.2f} identity-ordered vs {shuffled:.2f} shuffled (batch size {batch_size}): "
+            f"{verdict}")
 
 
 def audit_summary(name: str, audit: LeakAuditReport, *, tolerance: float = 0.005) -> str:

@@ -304,6 +304,12 @@ class PHP(IRRA):
 
         L' = L, or the batch's longest caption under ``trim_text_padding`` (unless CRFM attends padding).
         """
+        feats, tokens, crfm = self._text_crfm(caption_ids)
+        unified, routing = self.efp(crfm, "text")
+        return feats + unified.float().mean(dim=1), tokens, routing
+
+    def _text_crfm(self, caption_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(EOT feature (B, D) float32, tokens (B, L', D), CRFM unified tokens (B, cnum, D))."""
         eot = text_global_index(caption_ids)
         if self.trim_text_padding and not self.crfm_attend_padding:  # CRFM reads nothing after EOT: each
             caption_ids = fast.trim_padding(caption_ids, eot)  # caption runs on its own tokens
@@ -312,6 +318,36 @@ class PHP(IRRA):
             tokens = self.base_model.encode_text(caption_ids)
         # CRFM pools the caption up to and including EOT (the release: every position)
         valid = None if self.crfm_attend_padding else fast.prefix_mask(eot, caption_ids.shape[1])
-        unified, routing = self.efp(self.crfm(tokens, valid, modality="text"), "text")
         feats = tokens[torch.arange(tokens.shape[0], device=tokens.device), eot].float()
-        return feats + unified.float().mean(dim=1), tokens, routing
+        return feats, tokens, self.crfm(tokens, valid, modality="text")
+
+    def efp_inputs(self, inputs: torch.Tensor, modality: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """The part of a global feature computed per sample, whatever ``efp_attention`` is: everything before EFP.
+
+        Args:
+            inputs: images (B, 3, H, W) (``modality="image"``) or caption ids (B, L) (``"text"``).
+
+        Returns:
+            ``(base, unified)``: the CLS / EOT feature (B, D) float32 and CRFM's unified tokens (B, cnum, D).
+            :meth:`efp_global` turns a batch of them into global features; the two together equal
+            ``encode_image`` / ``encode_text`` (tests/test_leak_curve.py). With ``efp_attention="batch"`` only
+            the EFP step mixes the samples of a batch, so an evaluation can regroup the samples into batches
+            without re-running the towers (:func:`irra_core.evaluation.audit.encode_arrangements`).
+
+        Raises:
+            ValueError: ``modality`` is not ``"image"`` or ``"text"``.
+        """
+        if modality == "image":
+            tokens = self.base_model.encode_image(inputs)
+            return tokens[:, 0].float(), self.crfm(tokens[:, 1:], modality="image")
+        if modality == "text":
+            feats, _, crfm = self._text_crfm(inputs)
+            return feats, crfm
+        raise ValueError(f"modality must be one of {MODALITIES}, got {modality!r}")
+
+    def efp_global(self, base: torch.Tensor, unified: torch.Tensor, modality: str) -> torch.Tensor:
+        """Global features (B, D) float32 = base + mean over cnum of EFP(unified), one batch of (base (B, D),
+        unified (B, cnum, D)) from :meth:`efp_inputs` (SPEC §2.6). With ``efp_attention="batch"`` the result of
+        a sample depends on the other rows of the batch (SPEC §2.11)."""
+        out, _ = self.efp(unified, modality)
+        return base + out.float().mean(dim=1)

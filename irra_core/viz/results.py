@@ -194,12 +194,16 @@ def plot_inflation_curve(curves: Mapping[str, pd.DataFrame], *, fig: Figure | No
 
     Args:
         curves: ``{model: irra_core.evaluation.audit.inflation_curve(...)}``; each point is one batch size
-            (labelled), placed at the identity-ordered batches' mean identities per gallery batch.
+            (labelled), placed at the identity-ordered batches' mean identities per gallery batch; a band shows
+            the paired 95% interval over identities where the frame has ``inflation_R1_low`` / ``_high``.
     """
     fig = fig or Figure(figsize=(6.5, 3.8), layout="constrained")
     ax = fig.add_subplot()
     for name, frame in curves.items():
-        ax.plot(frame["gallery_ids_per_batch"], frame["inflation_R1"], "o-", label=name)
+        line, = ax.plot(frame["gallery_ids_per_batch"], frame["inflation_R1"], "o-", label=name)
+        if {"inflation_R1_low", "inflation_R1_high"} <= set(frame.columns):
+            ax.fill_between(frame["gallery_ids_per_batch"], frame["inflation_R1_low"], frame["inflation_R1_high"],
+                            color=line.get_color(), alpha=0.15, linewidth=0, label=f"{name}: paired 95% interval")
         for _, row in frame.iterrows():
             ax.annotate(f"bs {int(row['batch_size'])}", (row["gallery_ids_per_batch"], row["inflation_R1"]),
                         fontsize=7, xytext=(3, 3), textcoords="offset points")
