@@ -304,12 +304,14 @@ class PHP(IRRA):
 
         L' = L, or the batch's longest caption under ``trim_text_padding`` (unless CRFM attends padding).
         """
-        feats, tokens, crfm = self._text_crfm(caption_ids)
-        unified, routing = self.efp(crfm, "text")
+        tokens, valid, eot = self._text_tokens(caption_ids)
+        # (the order of the calls fixes the order in which backward sums the gradients of `tokens`)
+        unified, routing = self.efp(self.crfm(tokens, valid, modality="text"), "text")
+        feats = tokens[torch.arange(tokens.shape[0], device=tokens.device), eot].float()
         return feats + unified.float().mean(dim=1), tokens, routing
 
-    def _text_crfm(self, caption_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(EOT feature (B, D) float32, tokens (B, L', D), CRFM unified tokens (B, cnum, D))."""
+    def _text_tokens(self, caption_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """(tokens (B, L', D), the positions CRFM pools (B, L') bool or None for all, EOT index (B,))."""
         eot = text_global_index(caption_ids)
         if self.trim_text_padding and not self.crfm_attend_padding:  # CRFM reads nothing after EOT: each
             caption_ids = fast.trim_padding(caption_ids, eot)  # caption runs on its own tokens
@@ -318,8 +320,7 @@ class PHP(IRRA):
             tokens = self.base_model.encode_text(caption_ids)
         # CRFM pools the caption up to and including EOT (the release: every position)
         valid = None if self.crfm_attend_padding else fast.prefix_mask(eot, caption_ids.shape[1])
-        feats = tokens[torch.arange(tokens.shape[0], device=tokens.device), eot].float()
-        return feats, tokens, self.crfm(tokens, valid, modality="text")
+        return tokens, valid, eot
 
     def efp_inputs(self, inputs: torch.Tensor, modality: str) -> tuple[torch.Tensor, torch.Tensor]:
         """The part of a global feature computed per sample, whatever ``efp_attention`` is: everything before EFP.
@@ -341,8 +342,9 @@ class PHP(IRRA):
             tokens = self.base_model.encode_image(inputs)
             return tokens[:, 0].float(), self.crfm(tokens[:, 1:], modality="image")
         if modality == "text":
-            feats, _, crfm = self._text_crfm(inputs)
-            return feats, crfm
+            tokens, valid, eot = self._text_tokens(inputs)
+            unified = self.crfm(tokens, valid, modality="text")
+            return tokens[torch.arange(tokens.shape[0], device=tokens.device), eot].float(), unified
         raise ValueError(f"modality must be one of {MODALITIES}, got {modality!r}")
 
     def efp_global(self, base: torch.Tensor, unified: torch.Tensor, modality: str) -> torch.Tensor:
