@@ -181,6 +181,7 @@ def _audit_verdict(runs: list[dict], tolerance: float, metric_tolerance: float, 
                            reasons=reasons, tolerance=tolerance, metric_tolerance=metric_tolerance,
                            num_queries=num_queries, num_gallery=num_gallery)
 
+
 def _loader_orders(cfg: Any, split: Any, batch_size: int, shuffled: bool, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(gallery order (G,), query order (Q,)): the split index of each item in the order the evaluation loaders
     of ``build_eval_loaders(cfg, split, batch_size, shuffle=shuffled, seed)`` yield them."""
@@ -275,6 +276,12 @@ class _EFPInputs(nn.Module):
         return self._flat(caption_ids, "text")
 
 
+def _query_table(encoded: EncodedSplit, per_query: Any) -> dict:
+    """The per-query columns :func:`irra_core.evaluation.bootstrap.paired_test` reads, t2i queries in annotation order."""
+    return {"first_hit_rank": per_query.first_hit_rank, "AP": per_query.ap, "INP": per_query.inp,
+            "pid": encoded.q_pids.numpy()}
+
+
 def identities_per_batch(pids: Sequence[int], batch_size: int, order: Optional[Sequence[int]] = None) -> float:
     """Mean number of distinct identities in the batches of ``batch_size`` consecutive items.
 
@@ -345,8 +352,7 @@ def inflation_curve(
             encoded = encodings[(int(bs), shuffled)]
             metrics, per_query = metrics_from_embeddings(encoded, i2t=False, topk=0)
             row[f"{name}_R1"], row[f"{name}_mAP"] = metrics["t2i"]["R1"], metrics["t2i"]["mAP"]
-            tables[name] = {"first_hit_rank": per_query.first_hit_rank, "AP": per_query.ap, "INP": per_query.inp,
-                            "pid": encoded.q_pids.numpy()}
+            tables[name] = _query_table(encoded, per_query)
         paired = paired_test(tables["ordered"], tables["shuffled"], n_resamples=n_resamples, seed=seed)
         row["inflation_R1"] = row["ordered_R1"] - row["shuffled_R1"]
         row["inflation_R1_low"], row["inflation_R1_high"] = paired.loc["R1", "low"], paired.loc["R1", "high"]
@@ -381,8 +387,7 @@ def order_comparison(model: nn.Module, cfg: Any, split: Any = "test", *, batch_s
         encoded = encodings[(bs, shuffled)]
         metrics, per_query = metrics_from_embeddings(encoded, topk=0, bootstrap=n_resamples, bootstrap_seed=seed)
         out[name] = {k: v for k, v in metrics.items() if k in ("t2i", "i2t", "ci")}
-        tables[name] = {"first_hit_rank": per_query.first_hit_rank, "AP": per_query.ap, "INP": per_query.inp,
-                        "pid": encoded.q_pids.numpy()}
+        tables[name] = _query_table(encoded, per_query)
     out["paired"] = paired_test(tables["identity-ordered"], tables["shuffled"], n_resamples=n_resamples, seed=seed,
                                 names=("identity-ordered", "shuffled"))
     return out
