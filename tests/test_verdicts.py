@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from irra_core.evaluation.audit import LeakAuditReport, audit_summary, order_verdict
+from irra_core.evaluation.audit import LeakAuditReport, audit_summary, gap_verdict, order_verdict
 from irra_core.viz.attention import pointing_verdict
 
 
@@ -24,6 +24,22 @@ def test_order_verdict_with_a_paired_interval_says_whether_it_is_noise():
     lower = order_verdict("b", 27.43, 30.09, 64, interval=(-4.6, -0.8), p_value=0.007, metric="mAP")
     assert "t2i mAP 27.43" in lower and "2.66 pp *below*" in lower and "changes the test result" in lower
     assert "identical in both orders" in order_verdict("p", 29.7, 29.7, 64, interval=(0.0, 0.0), p_value=1.0)
+    assert "p = 0.001" in order_verdict("b", 36.81, 29.06, 64, interval=(3.7, 11.6), p_value=1 / 1001)
+
+
+def test_gap_verdict_splits_the_gap_into_order_and_model():
+    def r1(value):
+        return {"t2i": {"R1": value}}
+
+    orders = {("php", "identity-ordered"): r1(29.70), ("php", "shuffled"): r1(29.70),
+              ("php-batch-efp", "identity-ordered"): r1(38.12), ("php-batch-efp", "shuffled"): r1(34.23)}
+    text = gap_verdict(orders, 64)
+    assert "+8.42 pp" in text and "the order accounts for +3.89 pp" in text and "still scores +4.53 pp" in text
+    assert "difference between the trained models" in text
+    orders[("php-batch-efp", "shuffled")] = r1(29.70)
+    only_order = gap_verdict(orders, 64)
+    assert "+8.42 pp of it" in only_order and "still scores +0.00 pp" in only_order
+    assert "trained models" not in only_order
 
 
 def _report(rows):

@@ -411,11 +411,34 @@ def order_verdict(name: str, ordered: float, shuffled: float, batch_size: int, *
         else:
             low, high = interval
             verdict += (f" (paired 95% interval [{low:+.2f}, {high:+.2f}] pp"
-                        + (f", p = {p_value:.3g}" if p_value is not None else "") + ")")
+                        + (f", p = {p_value:.3f}" if p_value is not None else "") + ")")
             verdict += (": the batching changes the test result" if low > 0 or high < 0
                         else ": a difference within the noise of sampling this many test identities")
     return (f"{name}: t2i {metric} {ordered:.2f} identity-ordered vs {shuffled:.2f} shuffled (batch size {batch_size}): "
             f"{verdict}")
+
+
+def gap_verdict(orders: dict, batch_size: int, leaky: str = "php-batch-efp", clean: str = "php",
+                tolerance: float = 0.005) -> str:
+    """One sentence splitting the t2i R1 gap (pp) between the batch-axis model ``leaky`` and the per-sample ``clean``
+    at ``batch_size`` into the part the test order makes (``leaky`` ordered minus shuffled) and the part that stays
+    with shuffled batches (a difference between the trained models, not the order).
+
+    Args:
+        orders: ``{(model, "identity-ordered" | "shuffled"): metrics}`` as notebook 40 builds it from
+            :func:`order_comparison` (``metrics["t2i"]["R1"]`` in percent).
+    """
+    r1 = {key: float(m["t2i"]["R1"]) for key, m in orders.items()}
+    gap = r1[(leaky, "identity-ordered")] - r1[(clean, "identity-ordered")]
+    order_part = r1[(leaky, "identity-ordered")] - r1[(leaky, "shuffled")]
+    model_part = r1[(leaky, "shuffled")] - r1[(clean, "shuffled")]
+    text = (f"batch size {batch_size}: {leaky} scores {gap:+.2f} pp t2i R1 against {clean} with identity-ordered "
+            f"batches; the order accounts for {order_part:+.2f} pp of it ({leaky} ordered minus shuffled), and with "
+            f"shuffled batches {leaky} still scores {model_part:+.2f} pp")
+    if abs(model_part) >= tolerance:
+        text += (": that part is a difference between the trained models (training with batch-mates), which no "
+                 "choice of test order removes")
+    return text
 
 
 def audit_summary(name: str, audit: LeakAuditReport, *, tolerance: float = 0.005) -> str:
