@@ -59,6 +59,8 @@ def test_encode_arrangements_equals_encode_split(tmp_path, preset, efp):
         torch.testing.assert_close(got.q_feats, full.q_feats, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(got.g_feats, full.g_feats, rtol=1e-5, atol=1e-5)
         assert torch.equal(got.q_pids, full.q_pids) and torch.equal(got.g_pids, full.g_pids)
+    with pytest.raises(ValueError, match="batch sizes must be >= 1"):
+        encode_arrangements(model, cfg, ds.test, [(0, False)], device="cpu")
     if efp == "batch":  # the batch-mates matter: a different arrangement gives different embeddings
         assert not torch.allclose(fast[(4, False)].g_feats, fast[(4, True)].g_feats, atol=1e-4)
     elif efp == "tokens":  # per sample: the arrangement does not matter
@@ -67,7 +69,7 @@ def test_encode_arrangements_equals_encode_split(tmp_path, preset, efp):
 
 def test_order_comparison_pairs_the_same_queries(tmp_path):
     """Ordered and shuffled metrics of the same queries, and a paired difference that is 0 for a per-sample model."""
-    from irra_core.evaluation.audit import order_comparison
+    from irra_core.evaluation.audit import order_comparison, order_report
 
     for efp in ("tokens", "batch"):
         cfg = load_config("php-cpu", {"data.root": str(tmp_path), "model.efp_attention": efp,
@@ -87,3 +89,11 @@ def test_order_comparison_pairs_the_same_queries(tmp_path):
             assert (paired["diff"].abs() < 1e-6).all() and (paired["p_value"] == 1.0).all()
         else:
             assert paired.loc["mAP", "diff"] != 0
+        table, sentences = order_report({efp: result}, 4)
+        assert list(table.index) == [(efp, "R1"), (efp, "mAP"), (efp, "mINP")]
+        assert table.loc[(efp, "mAP"), "diff"] == pytest.approx(paired.loc["mAP", "diff"])
+        assert len(sentences) == 2 and sentences[1].startswith(f"{efp}: t2i mAP")
+        if efp == "tokens":
+            assert all("identical in both orders" in text for text in sentences)
+        else:  # the mAP moved (above), so its sentence states a size and an interval
+            assert "pp" in sentences[1] and "paired 95% interval" in sentences[1]

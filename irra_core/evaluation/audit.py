@@ -182,12 +182,12 @@ def _audit_verdict(runs: list[dict], tolerance: float, metric_tolerance: float, 
                            num_queries=num_queries, num_gallery=num_gallery)
 
 
-def _loader_orders(cfg: Any, split: Any, batch_size: int, shuffled: bool, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _loader_orders(cfg: Any, split: Any, shuffled: bool, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(gallery order (G,), query order (Q,)): the split index of each item in the order the evaluation loaders
-    of ``build_eval_loaders(cfg, split, batch_size, shuffle=shuffled, seed)`` yield them."""
+    of ``build_eval_loaders(cfg, split, shuffle=shuffled, seed=seed)`` yield them (any batch size)."""
     from irra_core.data import build_eval_loaders
 
-    gallery, query = build_eval_loaders(cfg, split, batch_size=batch_size, shuffle=shuffled, seed=seed)
+    gallery, query = build_eval_loaders(cfg, split, shuffle=shuffled, seed=seed)
     return tuple(torch.as_tensor(d.order, dtype=torch.long) if d.order is not None
                  else torch.arange(len(d)) for d in (gallery.dataset, query.dataset))
 
@@ -232,9 +232,15 @@ def encode_arrangements(
 
     Returns:
         ``{(batch_size, shuffled): EncodedSplit}``, embeddings (Q, D) / (G, D) float32 in annotation order.
+
+    Raises:
+        ValueError: a batch size below 1.
     """
     dev = resolve_device(device, cfg, model)
     arrangements = [(int(bs), bool(sh)) for bs, sh in arrangements]
+    bad = [bs for bs, _ in arrangements if bs < 1]
+    if bad:
+        raise ValueError(f"evaluation batch sizes must be >= 1, got {bad}")
     if not hasattr(model, "efp_inputs"):
         return {(bs, sh): encode_split(model, cfg, split, device=dev, batch_size=bs, shuffle=sh, seed=seed,
                                        progress=progress) for bs, sh in arrangements}
@@ -245,9 +251,10 @@ def encode_arrangements(
     was_training = model.training
     model.eval()
     results = {}
+    orders = {shuffled: _loader_orders(cfg, split, shuffled, seed) for shuffled in {sh for _, sh in arrangements}}
     try:
         for bs, shuffled in arrangements:
-            g_order, q_order = _loader_orders(cfg, split, bs, shuffled, seed)
+            g_order, q_order = orders[shuffled]
             results[(bs, shuffled)] = EncodedSplit(
                 q_feats=_efp_in_batches(model, q_base, q_unified, q_order, bs, "text", dev), q_pids=staged.q_pids,
                 g_feats=_efp_in_batches(model, g_base, g_unified, g_order, bs, "image", dev), g_pids=staged.g_pids,
@@ -329,7 +336,6 @@ def inflation_curve(
 
     The towers run once; only EFP runs per batch size and order (:func:`encode_arrangements`).
     """
-    import numpy as np
     import pandas as pd
 
     from irra_core.evaluation.bootstrap import paired_test
@@ -337,9 +343,7 @@ def inflation_curve(
     split_dict = _audited_split(cfg, split, max_queries, None)
     dev = resolve_device(device, cfg, model)
     g_pids, q_pids = split_dict["image_pids"], split_dict["caption_pids"]
-    # the order build_eval_loaders uses when shuffling (same rng draws)
-    rng = np.random.default_rng([seed, 17])
-    g_shuffled = rng.permutation(len(g_pids))
+    g_shuffled = _loader_orders(cfg, split_dict, True, seed)[0].tolist()
     encodings = encode_arrangements(model, cfg, split_dict, [(bs, sh) for bs in batch_sizes for sh in (False, True)],
                                     seed=seed, device=dev, progress=progress)
     rows = []
@@ -416,6 +420,30 @@ def order_verdict(name: str, ordered: float, shuffled: float, batch_size: int, *
                         else ": a difference within the noise of sampling this many test identities")
     return (f"{name}: t2i {metric} {ordered:.2f} identity-ordered vs {shuffled:.2f} shuffled (batch size {batch_size}): "
             f"{verdict}")
+
+
+def order_report(comparisons: dict, batch_size: int, metrics: Sequence[str] = ("R1", "mAP", "mINP"),
+                 verdict_metrics: Sequence[str] = ("R1", "mAP")):
+    """Notebook 40's table and sentences from ``{model: order_comparison(...)}``.
+
+    Returns:
+        ``(table, sentences)``: a DataFrame indexed by (model, metric) with columns ``identity-ordered``,
+        ``shuffled``, ``diff``, ``low``, ``high`` (percent / percentage points) and ``p_value``, one row per model
+        and metric of ``metrics``; and one :func:`order_verdict` sentence per model and metric of
+        ``verdict_metrics``.
+    """
+    import pandas as pd
+
+    columns = ["identity-ordered", "shuffled", "diff", "low", "high", "p_value"]
+    table = pd.concat({name: c["paired"].loc[list(metrics), columns] for name, c in comparisons.items()},
+                      names=["model", "metric"])
+    sentences = []
+    for name, comparison in comparisons.items():
+        for metric in verdict_metrics:
+            row = comparison["paired"].loc[metric]
+            sentences.append(order_verdict(name, row["identity-ordered"], row["shuffled"], batch_size,
+                                           interval=(row["low"], row["high"]), p_value=row["p_value"], metric=metric))
+    return table, sentences
 
 
 def gap_verdict(orders: dict, batch_size: int, leaky: str = "php-batch-efp", clean: str = "php",
