@@ -85,6 +85,10 @@ class ModelConfig:
     # a convolutional stem (3x3 stride-2 convs) instead of ViT-B/16's patchify conv: a deviation for
     # from-scratch training on a CPU (the *-cpu presets); off in the paper presets
     conv_stem: bool = False
+    # a causal convolution over the text tower's token embeddings, this many tokens wide (0 = off): a deviation
+    # for from-scratch training on a CPU, so a garment noun carries the colour word before it from the first step
+    # (the *-cpu presets; irra_core.model.stem.CausalTokenConv); off in the paper presets
+    text_conv: int = 0
     text_width: int = 512
     text_layers: int = 12
     text_heads: int = 8
@@ -397,6 +401,8 @@ def validate(cfg: Config) -> None:
     for key in ("val_from_train", "max_identities"):
         if getattr(cfg.data, key) < 0:
             raise ConfigError(f"'data.{key}' must be >= 0 (0 = off), got {getattr(cfg.data, key)}")
+    if cfg.model.text_conv < 0:
+        raise ConfigError(f"'model.text_conv' is a kernel width in tokens, >= 0 (0 = off), got {cfg.model.text_conv}")
     if cfg.model.temperature <= 0:
         raise ConfigError("'model.temperature' must be > 0 (the logit scale is 1 / temperature)")
     if cfg.model.vision_width % cfg.model.vision_heads or cfg.model.text_width % cfg.model.text_heads:

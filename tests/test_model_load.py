@@ -189,6 +189,7 @@ def test_finetune_from_a_released_checkpoint(layouts, reference_dir, tmp_path, l
     # sizes from the weights, nothing downloaded; with lr 0 the trained towers are exactly the checkpoint's
     saved = load_config(run / "config.yaml")
     assert saved.model.vision_width == 64 and saved.model.pretrained == "" and saved.data.text_length == 77
+    assert saved.model.text_conv == 0  # the preset's token convolution (3) is not in the released weights
     last = torch.load(run / "checkpoints" / "last.pt", weights_only=True)["model"]
     ref = _state(reference_dir, "irra_tiny")
     for key in ("base_model.visual.conv1.weight", "base_model.token_embedding.weight", "ln_post.weight"):

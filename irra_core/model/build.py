@@ -35,6 +35,9 @@ def build_model(cfg: Config, num_classes: int) -> nn.Module:
         if cfg.model.conv_stem:
             raise ValueError("model.conv_stem builds a new image stem that pretrained CLIP weights do not have; "
                              "set model.conv_stem=false to load pretrained weights")
+        if cfg.model.text_conv:
+            raise ValueError("model.text_conv adds a token convolution that pretrained CLIP weights do not have; "
+                             "set model.text_conv=0 to load pretrained weights")
         from irra_core.model.pretrained import load_clip_state_dict, load_clip_weights
 
         state = load_clip_state_dict(cfg.model.pretrained)

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from irra_core.model.stem import patch_embedding, patch_grid
+from irra_core.model.stem import CausalTokenConv, patch_embedding, patch_grid
 
 __all__ = ["LayerNorm", "QuickGELU", "Attention", "ResidualAttentionBlock", "Transformer", "VisionTransformer",
            "CLIP", "CLIPConfig", "initialize_clip_parameters", "patch_grid", "sdpa", "attention_probs"]
@@ -222,6 +222,7 @@ class CLIPConfig:
     transformer_layers: int
     vision_heads: int
     vision_stem: bool = False  # a convolutional stem instead of the patchify conv (model.conv_stem)
+    text_conv: int = 0  # a causal token convolution's kernel width before the text blocks (model.text_conv); 0 = off
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -244,6 +245,8 @@ class CLIP(nn.Module):
         self.ln_final = LayerNorm(width)
         self.text_projection = nn.Parameter(torch.empty(width, config.embed_dim))
         initialize_clip_parameters(self)
+        # a CPU-training deviation (model.text_conv): zero-initialised, so the tower starts as CLIP's
+        self.text_conv = CausalTokenConv(width, config.text_conv) if config.text_conv else None
 
     @property
     def dtype(self) -> torch.dtype:
@@ -254,13 +257,18 @@ class CLIP(nn.Module):
         return self.visual(images)
 
     def embed_text(self, text: torch.Tensor) -> torch.Tensor:
-        """token ids (B, L), L <= context_length -> token + positional embeddings (B, L, width). (The causal mask
-        keeps position i independent of later padding, so slicing the table to L changes nothing.)"""
+        """token ids (B, L), L <= context_length -> token + positional embeddings (B, L, width), the token
+        embeddings first through the causal token convolution where the tower has one (``model.text_conv``). (The
+        causal mask and the causal convolution keep position i independent of later padding, so slicing the table
+        to L changes nothing.)"""
         length = text.shape[1]
         if length > self.context_length:
             raise ValueError(f"captions of {length} tokens exceed the text tower's context length "
                              f"{self.context_length}")
-        return self.token_embedding(text).to(self.dtype) + self.positional_embedding[:length].to(self.dtype)
+        x = self.token_embedding(text).to(self.dtype)
+        if self.text_conv is not None:
+            x = self.text_conv(x)
+        return x + self.positional_embedding[:length].to(self.dtype)
 
     def encode_text(self, text: torch.Tensor) -> torch.Tensor:
         """token ids (B, L) -> all text tokens (B, L, E) after ln_final @ text_projection."""

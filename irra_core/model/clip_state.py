@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from irra_core.model.clip import CLIPConfig
-from irra_core.model.stem import stem_patch_size
+from irra_core.model.stem import stem_patch_size, text_conv_size
 
 if TYPE_CHECKING:
     from irra_core.config import Config
@@ -64,6 +64,7 @@ def clip_config_from_state_dict(state_dict: Mapping[str, torch.Tensor], *, image
         transformer_layers=len(layers["text"]),
         vision_heads=vision_heads or max(1, vision_width // 64),
         vision_stem=stem_patch_size(state_dict) is not None,
+        text_conv=text_conv_size(state_dict),
     )
 
 
@@ -98,7 +99,7 @@ def clip_config_from_cfg(cfg: Config) -> CLIPConfig:
         vision_width=m.vision_width, vision_patch_size=m.patch_size, stride_size=m.stride_size,
         context_length=cfg.data.text_length, vocab_size=m.vocab_size, transformer_width=m.text_width,
         transformer_heads=m.text_heads, transformer_layers=m.text_layers, vision_heads=m.vision_heads,
-        vision_stem=m.conv_stem)
+        vision_stem=m.conv_stem, text_conv=m.text_conv)
 
 
 def check_state_dict(module: nn.Module, state: Mapping[str, torch.Tensor], *, source: str) -> None:

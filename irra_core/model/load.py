@@ -338,6 +338,7 @@ def fit_sizes_to_weights(cfg: Config, source: CheckpointSource, *, keep_img_size
     sizes = {"model.embed_dim": clip.embed_dim, "model.vision_width": clip.vision_width,
              "model.vision_layers": clip.vision_layers, "model.vision_heads": vision_heads,
              "model.patch_size": clip.vision_patch_size, "model.conv_stem": clip.vision_stem,
+             "model.text_conv": clip.text_conv,
              "model.text_width": clip.transformer_width,
              "model.text_layers": clip.transformer_layers, "model.text_heads": text_heads,
              "model.vocab_size": clip.vocab_size, "data.text_length": clip.context_length}
