@@ -5,7 +5,7 @@ tower trained from scratch on a CPU (``model.conv_stem``), and a causal token co
 Both stems are named deviations from CLIP, off in the paper presets: see :func:`conv_stem` and
 :class:`CausalTokenConv`. The towers keep CLIP's layout (:class:`irra_core.model.clip.CLIP`); with the image stem,
 ``visual.stem.*`` holds the conv blocks and ``visual.conv1`` is a 1x1 projection to the tower's width; with the
-token convolution, ``text_conv.{weight,bias}`` are the only new weights.
+token convolution, ``text_conv.conv.{weight,bias}`` are the only new weights.
 """
 from __future__ import annotations
 
@@ -81,7 +81,8 @@ class CausalTokenConv(nn.Module):
     ``k`` in tokens; 0 = off, as in the paper presets). A caption names a garment by a colour word just before
     its noun ("a red coat"); with the convolution the noun's position carries that word from the first step,
     where CLIP's tower has to learn a previous-token attention head from learned absolute positions first
-    (``benchmarks/README.md``, "Sixth pass": +4.5 test t2i R1 for ``php-cpu`` at the same 450 steps).
+    (``benchmarks/README.md``, "Sixth pass": +4.5 to +9.6 test t2i R1 for ``php-cpu`` over five seeds at the same
+    450 steps).
 
     * Causal, so CLIP's causal text tower keeps its properties: position ``t`` depends on tokens ``<= t`` only,
       the EOT feature does not see the padding after it.
