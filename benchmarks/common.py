@@ -36,7 +36,8 @@ S_OVERRIDES: dict[str, Any] = {
     "model.stride_size": 16, "model.text_width": 256, "model.text_layers": 4, "model.text_heads": 4,
     "loss.names": "sdm+itc", "data.mlm": False, "optim.optimizer": "Adam", "optim.lr": 1e-5,
     "optim.weight_decay": 4e-5, "model.precision": "fp32",  # Adam with IRRA's defaults (eps 1e-3 by schema)
-    "model.conv_stem": False}  # perf.json's config S is a patchify ViT (the cpu presets now use a conv stem)
+    # perf.json's config S is CLIP's towers: a patchify ViT and no token convolution (the cpu presets have both)
+    "model.conv_stem": False, "model.text_conv": 0}
 #: config B: the paper presets (ViT-B/16 at 384x128, 12-layer 512 text tower), random weights (no download)
 B_OVERRIDES: dict[str, Any] = {"model.pretrained": ""}
 #: tiny sizes for smoke runs (tests, --dry-run): a few seconds on two cores
@@ -217,7 +218,8 @@ def analytic_tower_flops(cfg: Config, text_tokens: int) -> dict:
 
     Image: patch embedding 2 * P * (3 p^2) * W, then per layer 24 N W^2 (qkv 6, out 2, MLP 16 N W^2) + 4 N^2 W
     attention, with N = P + 1 tokens; projection 2 W E (CLS). Text: the same per layer over ``text_tokens``
-    positions, plus the projection of every position (2 L W E). Heads and losses are not included.
+    positions, plus the projection of every position (2 L W E) and, with ``model.text_conv`` k, the token
+    convolution (2 L k W^2). Heads and losses are not included.
     """
     m = cfg.model
     height, width = cfg.data.img_size
@@ -226,7 +228,8 @@ def analytic_tower_flops(cfg: Config, text_tokens: int) -> dict:
     image = 2 * grid * 3 * m.patch_size ** 2 * wv + m.vision_layers * (24 * n * wv ** 2 + 4 * n * n * wv) \
         + 2 * wv * m.embed_dim
     length, wt = text_tokens, m.text_width
-    text = m.text_layers * (24 * length * wt ** 2 + 4 * length * length * wt) + 2 * length * wt * m.embed_dim
+    text = m.text_layers * (24 * length * wt ** 2 + 4 * length * length * wt) + 2 * length * wt * m.embed_dim \
+        + 2 * length * m.text_conv * wt ** 2
     return {"image_fwd": int(image), "text_fwd": int(text), "train_towers": int(3 * (image + text))}
 
 

@@ -148,8 +148,9 @@ class ReferenceStyleCLIP(nn.Module):
             ``cfg.data`` (``img_size``, ``text_length`` = the context) and ``cfg.loss`` (names, weights).
 
     Raises:
-        ValueError: ``cfg.loss.names`` asks for an objective other than sdm/itc, or the precision is
-            ``legacy_fp16`` (IRRA's fp16 conversion is not reproduced).
+        ValueError: ``cfg.loss.names`` asks for an objective other than sdm/itc, the precision is
+            ``legacy_fp16`` (IRRA's fp16 conversion is not reproduced), or ``model.conv_stem`` /
+            ``model.text_conv`` is on (the reference's towers have neither).
     """
 
     def __init__(self, cfg: Config) -> None:
@@ -162,6 +163,9 @@ class ReferenceStyleCLIP(nn.Module):
                              f"loss.names asks also for {unsupported}")
         if m.precision == "legacy_fp16":
             raise ValueError("IRRA's fp16 weight conversion is not reproduced; use fp32 (or autocast around it)")
+        if m.conv_stem or m.text_conv:
+            raise ValueError("the reference's towers have neither the cpu presets' conv stem nor their token "
+                             "convolution; set model.conv_stem=false and model.text_conv=0 (as config S does)")
         self.cfg = cfg
         self.loss_names = names
         self.logit_scale = 1.0 / m.temperature  # a constant, as in IRRA

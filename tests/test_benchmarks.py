@@ -57,9 +57,11 @@ def test_bench_train_smoke_fields(model, capsys):
     assert row["loss_names"] == expected_losses
 
 
-def test_flop_count_matches_analytic_towers_for_config_s_shapes():
-    """Config S losses (sdm+itc) have almost no head FLOPs: counter and analytic formula agree closely."""
-    cfg = common.load_bench_config("S", "irra", smoke=True)
+@pytest.mark.parametrize("text_conv", [0, 8])
+def test_flop_count_matches_analytic_towers_for_config_s_shapes(text_conv):
+    """Config S losses (sdm+itc) have almost no head FLOPs: counter and analytic formula agree closely (with a
+    token convolution wide enough to matter at the smoke width, too)."""
+    cfg = common.load_bench_config("S", "irra", smoke=True, extra={"model.text_conv": text_conv})
     from irra_core.model import build_model
 
     torch.manual_seed(0)

@@ -109,3 +109,10 @@ def test_rejects_objectives_outside_config_s():
     cfg = load_bench_config("S", "irra", smoke=True, extra={"loss.names": "sdm+mlm+id", "data.mlm": True})
     with pytest.raises(ValueError, match="mlm"):
         ReferenceStyleCLIP(cfg)
+
+
+@pytest.mark.parametrize("extra", [{"model.conv_stem": True}, {"model.text_conv": 3}])
+def test_rejects_the_cpu_presets_tower_deviations(extra):
+    cfg = load_bench_config("S", "irra", smoke=True, extra=extra)
+    with pytest.raises(ValueError, match="model.conv_stem=false and model.text_conv=0"):
+        ReferenceStyleCLIP(cfg)
