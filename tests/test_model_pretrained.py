@@ -70,8 +70,8 @@ def test_torchscript_archive_loads_and_builds_model_with_inferred_sizes(tmp_path
     _torchscript_archive(clip_state, archive)
     state = P.load_clip_state_dict(archive)
     assert "logit_scale" not in state and set(state) == set(clip_state) - {"logit_scale"}
-    cfg = load_config("irra-cpu", {"model.pretrained": str(archive), "model.conv_stem": False, "model.text_conv": 0,
-                                   "data.img_size": [48, 32],
+    cfg = load_config("irra-cpu", {"model.pretrained": str(archive), "model.conv_stem": False,
+                                   "model.text_conv": 0, "data.img_size": [48, 32],
                                    "model.stride_size": 8})
     model = build_model(cfg, num_classes=5)
     clip = model.base_model
@@ -146,7 +146,7 @@ def test_unknown_name_and_bad_weights(tmp_path, clip_state):
     broken.pop("ln_final.bias")
     broken["visual.extra"] = torch.zeros(2)
     torch.save(broken, tmp_path / "broken.pt")
-    cfg = load_config("irra-cpu", {"model.pretrained": str(tmp_path / "broken.pt"), "model.conv_stem": False, "model.text_conv": 0,
-                                   "data.img_size": [32, 32]})
+    cfg = load_config("irra-cpu", {"model.pretrained": str(tmp_path / "broken.pt"), "model.conv_stem": False,
+                                   "model.text_conv": 0, "data.img_size": [32, 32]})
     with pytest.raises(ValueError, match=r"(?s)missing keys.*ln_final\.bias.*unexpected keys.*visual\.extra"):
         build_model(cfg, num_classes=3)

@@ -55,7 +55,8 @@ def test_each_position_sees_itself_and_the_k_minus_1_tokens_before_it():
 def test_the_kernel_is_read_back_from_the_weights():
     _, conv = _towers(4)
     state = conv.state_dict()
-    assert text_conv_size(state) == 4 and clip_config_from_state_dict(state, image_resolution=(32, 16), stride_size=16).text_conv == 4
+    assert text_conv_size(state) == 4
+    assert clip_config_from_state_dict(state, image_resolution=(32, 16), stride_size=16).text_conv == 4
     plain_state = {k: v for k, v in state.items() if not k.startswith("text_conv.")}
     assert text_conv_size(plain_state) == 0
 
@@ -68,8 +69,11 @@ def test_presets_validation_and_pretrained():
     with pytest.raises(ValueError, match="kernel of 0 tokens"):
         CausalTokenConv(8, 0)
     cfg = load_config("irra-cpu", {"model.pretrained": "ViT-B/16", "model.conv_stem": False}, smoke=True)
-    with pytest.raises(ValueError, match="model.text_conv=0"):
+    with pytest.raises(ValueError, match=r"set model\.text_conv=0 to load"):
         build_model(cfg, 4)
+    both = load_config("irra-cpu", {"model.pretrained": "ViT-B/16"}, smoke=True)  # one error names both fixes
+    with pytest.raises(ValueError, match=r"set model\.conv_stem=false and model\.text_conv=0 to load"):
+        build_model(both, 4)
 
 
 def test_a_checkpoint_with_the_convolution_sets_its_kernel(tmp_path):

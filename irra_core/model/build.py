@@ -32,12 +32,12 @@ def build_model(cfg: Config, num_classes: int) -> nn.Module:
         layout (``legacy_fp16``: IRRA's fp16 conversion; autocast modes keep float32 weights).
     """
     if cfg.model.pretrained and not cfg.model.init_from:  # init_from holds the towers (model/load.py)
-        if cfg.model.conv_stem:
-            raise ValueError("model.conv_stem builds a new image stem that pretrained CLIP weights do not have; "
-                             "set model.conv_stem=false to load pretrained weights")
-        if cfg.model.text_conv:
-            raise ValueError("model.text_conv adds a token convolution that pretrained CLIP weights do not have; "
-                             "set model.text_conv=0 to load pretrained weights")
+        # the cpu presets' tower deviations (model/stem.py) have no weights in pretrained CLIP: name them all at once
+        fixes = [fix for on, fix in ((cfg.model.conv_stem, "model.conv_stem=false"),
+                                     (cfg.model.text_conv, "model.text_conv=0")) if on]
+        if fixes:
+            raise ValueError("pretrained CLIP weights have no conv stem or token convolution (the cpu presets' "
+                             f"deviations); set {' and '.join(fixes)} to load pretrained weights")
         from irra_core.model.pretrained import load_clip_state_dict, load_clip_weights
 
         state = load_clip_state_dict(cfg.model.pretrained)
