@@ -559,7 +559,7 @@ def format_listing(notebooks: Sequence[Path]) -> str:
 # --------------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m irra_core.pipeline",
+        prog="python -m irra_core.pipeline", allow_abbrev=False,
         description="Run the numbered workbook notebooks headless with papermill into outputs/runs/<run>/.")
     parser.add_argument("--dataset", default=None, choices=DATASET_CHOICES, help="dataset (default: synthetic)")
     parser.add_argument("--data-root", default=None,

@@ -178,7 +178,7 @@ def run_transfer(datasets: Sequence[str], out_dir: str | Path, *, arch: str = "i
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m irra_core.transfer",
+    parser = argparse.ArgumentParser(prog="python -m irra_core.transfer", allow_abbrev=False,
                                      description="Train on dataset A, evaluate on dataset B: the A x B transfer matrix.")
     parser.add_argument("--datasets", default="auto",
                         help=f"comma list of {list(REAL_DATASETS) + list(SYNTHETIC_VARIANTS)}, or 'auto' (default: "

@@ -20,16 +20,16 @@ def _main(argv: list[str] | None = None) -> int:
     from irra_core.cli import UserError
     from irra_core.datasets import REAL_DATASETS
 
-    parser = argparse.ArgumentParser(prog="python -m irra_core.data")
+    parser = argparse.ArgumentParser(prog="python -m irra_core.data", allow_abbrev=False)
     parser.add_argument("--debug", action="store_true", help="show the traceback of expected errors too")
     sub = parser.add_subparsers(dest="command", required=True)
-    check = sub.add_parser("check", help="integrity check of a dataset on disk")
+    check = sub.add_parser("check", allow_abbrev=False, help="integrity check of a dataset on disk")
     check.add_argument("--dataset", required=True, help=" | ".join(REAL_DATASETS))
     check.add_argument("--root", required=True, help="the dataset folder or the folder holding it")
     check.add_argument("--context-length", type=int, default=77)
     check.add_argument("--no-decode", action="store_true", help="do not decode every image")
     check.add_argument("--json", help="also write the report as JSON to this file")
-    synth = sub.add_parser("synth", help="write a synthetic dataset")
+    synth = sub.add_parser("synth", allow_abbrev=False, help="write a synthetic dataset")
     synth.add_argument("--root", required=True, help="the dataset folder to create")
     synth.add_argument("--format", default=REAL_DATASETS[0], choices=REAL_DATASETS,
                        help="the on-disk layout to write (annotation file and image folders of that dataset)")
