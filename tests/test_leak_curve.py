@@ -77,22 +77,33 @@ def test_order_comparison_pairs_the_same_queries(tmp_path):
         torch.manual_seed(0)
         ds = prepare_dataset(cfg)
         model = build_model(cfg, ds.num_classes).eval()
-        result = order_comparison(model, cfg, ds.test, batch_size=4, seed=3, device="cpu", n_resamples=200)
+        result = order_comparison(model, cfg, ds.test, batch_size=4, seed=3, device="cpu", n_resamples=200,
+                                  alone=True)
         paired = result["paired"]
+        alone = result["paired_alone"]
+        assert alone.loc["R1", "alone"] == pytest.approx(result["alone"]["t2i"]["R1"])
+        assert alone.loc["mAP", "diff"] == pytest.approx(result["identity-ordered"]["t2i"]["mAP"]
+                                                         - result["alone"]["t2i"]["mAP"])
         for metric in ("R1", "mAP"):
             ordered, shuffled = result["identity-ordered"]["t2i"][metric], result["shuffled"]["t2i"][metric]
             assert paired.loc[metric, "identity-ordered"] == pytest.approx(ordered)
             assert paired.loc[metric, "diff"] == pytest.approx(ordered - shuffled)
             assert paired.loc[metric, "low"] <= paired.loc[metric, "diff"] <= paired.loc[metric, "high"]
         assert "ci" in result["shuffled"]
-        if efp == "tokens":
+        if efp == "tokens":  # batch size 1 gives the same embeddings as any batch
             assert (paired["diff"].abs() < 1e-6).all() and (paired["p_value"] == 1.0).all()
+            assert (alone["diff"].abs() < 1e-6).all()
         else:
-            assert paired.loc["mAP", "diff"] != 0
+            assert paired.loc["mAP", "diff"] != 0 and alone.loc["mAP", "diff"] != 0
         table, sentences = order_report({efp: result}, 4)
         assert list(table.index) == [(efp, "R1"), (efp, "mAP"), (efp, "mINP")]
         assert table.loc[(efp, "mAP"), "diff"] == pytest.approx(paired.loc["mAP", "diff"])
-        assert len(sentences) == 2 and sentences[1].startswith(f"{efp}: t2i mAP")
+        assert table.loc[(efp, "mAP"), "ordered_minus_alone"] == pytest.approx(alone.loc["mAP", "diff"])
+        assert len(sentences) == 4 and sentences[1].startswith(f"{efp}: t2i mAP")
+        assert "alone (batch size 1" in sentences[2] and sentences[3].startswith(f"{efp}: t2i mAP")
+        if efp == "batch":
+            assert "pp more" in sentences[3] or "pp less" in sentences[3]
+        sentences = sentences[:2]
         if efp == "tokens":
             assert all("identical in both orders" in text for text in sentences)
         else:  # the mAP moved (above), so its sentence states a size and an interval

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from irra_core.evaluation.audit import LeakAuditReport, audit_summary, gap_verdict, order_verdict
+from irra_core.evaluation.audit import LeakAuditReport, alone_verdict, audit_summary, gap_verdict, order_verdict
 from irra_core.viz.attention import pointing_verdict
 
 
@@ -40,6 +40,19 @@ def test_gap_verdict_splits_the_gap_into_order_and_model():
     only_order = gap_verdict(orders, 64)
     assert "+8.42 pp of it" in only_order and "still scores +0.00 pp" in only_order
     assert "trained models" not in only_order
+    assert "one query at a time" not in only_order  # no batch-size-1 rows: no clause about them
+    orders[("php", "alone")], orders[("php-batch-efp", "alone")] = r1(29.70), r1(25.10)
+    with_alone = gap_verdict(orders, 64)
+    assert "one query at a time (batch size 1, no batch-mates) php-batch-efp scores -4.60 pp against php" in with_alone
+
+
+def test_alone_verdict_compares_the_reported_number_with_one_query_at_a_time():
+    clear = alone_verdict("b", 48.23, 40.40, 64, interval=(4.1, 11.5), p_value=0.001)
+    assert "48.23 with identity-ordered batches of 64" in clear and "40.40 alone" in clear
+    assert "reports 7.83 pp more" in clear and "[+4.10, +11.50]" in clear and "not what a deployed search gets" in clear
+    noisy = alone_verdict("b", 40.0, 41.5, 64, interval=(-4.0, 1.0), p_value=0.4, metric="mAP")
+    assert "t2i mAP" in noisy and "1.50 pp less" in noisy and "within the noise" in noisy
+    assert "identical" in alone_verdict("p", 43.8, 43.8, 64, interval=(0.0, 0.0), p_value=1.0)
 
 
 def _report(rows):

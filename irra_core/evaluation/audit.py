@@ -366,7 +366,8 @@ def inflation_curve(
 
 
 def order_comparison(model: nn.Module, cfg: Any, split: Any = "test", *, batch_size: Optional[int] = None,
-                     seed: int = 0, device: Any = None, n_resamples: int = 1000, progress: bool = False) -> dict:
+                     seed: int = 0, device: Any = None, n_resamples: int = 1000, progress: bool = False,
+                     alone: bool = False) -> dict:
     """One model's test metrics with identity-ordered and with shuffled evaluation batches, and their paired difference.
 
     Both encodings come from :func:`encode_arrangements` (batch size ``batch_size``, default
@@ -375,25 +376,38 @@ def order_comparison(model: nn.Module, cfg: Any, split: Any = "test", *, batch_s
     :func:`irra_core.evaluation.bootstrap.paired_test` of ordered minus shuffled (95% identity-bootstrap interval,
     sign-flip p-value over identities, ``n_resamples`` each).
 
+    With ``alone`` every sample is also encoded on its own (batch size 1: no batch-mates, as a deployed search
+    encodes one query against a gallery in any order), and ``paired_alone`` compares identity-ordered with alone:
+    what the reference's evaluation protocol reports over what the model gives one query at a time (SPEC §2.11:
+    the release's test numbers come from identity-ordered batches of 64). A per-sample model gives 0 in both tests.
+
     Returns:
-        ``{"identity-ordered": metrics, "shuffled": metrics, "paired": DataFrame}``; ``metrics`` as
+        ``{"identity-ordered": metrics, "shuffled": metrics, "paired": DataFrame}``, plus ``"alone": metrics`` and
+        ``"paired_alone": DataFrame`` with ``alone``; ``metrics`` as
         :func:`irra_core.evaluation.metrics_from_embeddings` (``{"t2i": {...}, "i2t": {...}}`` in percent, with
         ``"ci"`` intervals); ``paired`` indexed by metric (R1 ... mINP, t2i) with columns ``identity-ordered``,
-        ``shuffled``, ``diff``, ``low``, ``high`` (percentage points) and ``p_value``.
+        ``shuffled``, ``diff``, ``low``, ``high`` (percentage points) and ``p_value`` (``paired_alone``: ``alone``
+        in place of ``shuffled``).
     """
     from irra_core.evaluation.bootstrap import paired_test
 
     bs = int(batch_size or cfg.data.test_batch_size)
-    encodings = encode_arrangements(model, cfg, split, [(bs, False), (bs, True)], seed=seed, device=device,
-                                    progress=progress)
+    settings = {"identity-ordered": (bs, False), "shuffled": (bs, True)}
+    if alone:
+        settings["alone"] = (1, False)
+    encodings = encode_arrangements(model, cfg, split, list(dict.fromkeys(settings.values())), seed=seed,
+                                    device=device, progress=progress)
     out, tables = {}, {}
-    for name, shuffled in (("identity-ordered", False), ("shuffled", True)):
-        encoded = encodings[(bs, shuffled)]
+    for name, arrangement in settings.items():
+        encoded = encodings[arrangement]
         metrics, per_query = metrics_from_embeddings(encoded, topk=0, bootstrap=n_resamples, bootstrap_seed=seed)
         out[name] = {k: v for k, v in metrics.items() if k in ("t2i", "i2t", "ci")}
         tables[name] = _query_table(encoded, per_query)
     out["paired"] = paired_test(tables["identity-ordered"], tables["shuffled"], n_resamples=n_resamples, seed=seed,
                                 names=("identity-ordered", "shuffled"))
+    if alone:
+        out["paired_alone"] = paired_test(tables["identity-ordered"], tables["alone"], n_resamples=n_resamples,
+                                          seed=seed, names=("identity-ordered", "alone"))
     return out
 
 
@@ -422,6 +436,24 @@ def order_verdict(name: str, ordered: float, shuffled: float, batch_size: int, *
             f"{verdict}")
 
 
+def alone_verdict(name: str, ordered: float, alone: float, batch_size: int, *, interval: tuple[float, float],
+                  p_value: float, metric: str = "R1", tolerance: float = 0.005) -> str:
+    """One sentence on a model's t2i ``metric`` (percent) with identity-ordered test batches of ``batch_size`` (the
+    reference's evaluation protocol, SPEC §2.11) against each sample encoded alone (batch size 1, what a deployed
+    search gets), with the paired 95% ``interval`` (pp) and ``p_value`` of :func:`order_comparison` (``alone``)."""
+    gain = ordered - alone
+    head = (f"{name}: t2i {metric} {ordered:.2f} with identity-ordered batches of {batch_size} (the reference's "
+            f"protocol) vs {alone:.2f} alone (batch size 1, one query at a time)")
+    if abs(gain) < tolerance:
+        return f"{head}: identical: its test number is what one query at a time gets"
+    low, high = interval
+    verdict = (f"the protocol reports {abs(gain):.2f} pp {'more' if gain > 0 else 'less'} (paired 95% interval "
+               f"[{low:+.2f}, {high:+.2f}] pp, p = {p_value:.3f})")
+    verdict += (": the reported number is not what a deployed search gets" if low > 0 or high < 0
+                else ": a difference within the noise of sampling this many test identities")
+    return f"{head}: {verdict}"
+
+
 def order_report(comparisons: dict, batch_size: int, metrics: Sequence[str] = ("R1", "mAP", "mINP"),
                  verdict_metrics: Sequence[str] = ("R1", "mAP")):
     """Notebook 40's table and sentences from ``{model: order_comparison(...)}``.
@@ -429,19 +461,36 @@ def order_report(comparisons: dict, batch_size: int, metrics: Sequence[str] = ("
     Returns:
         ``(table, sentences)``: a DataFrame indexed by (model, metric) with columns ``identity-ordered``,
         ``shuffled``, ``diff``, ``low``, ``high`` (percent / percentage points) and ``p_value``, one row per model
-        and metric of ``metrics``; and one :func:`order_verdict` sentence per model and metric of
-        ``verdict_metrics``.
+        and metric of ``metrics`` (for comparisons made with ``alone``, also ``alone`` and ``ordered_minus_alone``,
+        ``alone_low``, ``alone_high``, ``alone_p_value``: identity-ordered minus batch size 1); and one
+        :func:`order_verdict` sentence per model and metric of ``verdict_metrics``, then one :func:`alone_verdict`
+        per model compared alone and metric.
     """
     import pandas as pd
 
     columns = ["identity-ordered", "shuffled", "diff", "low", "high", "p_value"]
-    table = pd.concat({name: c["paired"].loc[list(metrics), columns] for name, c in comparisons.items()},
-                      names=["model", "metric"])
+    alone_columns = {"alone": "alone", "diff": "ordered_minus_alone", "low": "alone_low", "high": "alone_high",
+                     "p_value": "alone_p_value"}
+    frames = {}
+    for name, c in comparisons.items():
+        frame = c["paired"].loc[list(metrics), columns]
+        if "paired_alone" in c:
+            extra = c["paired_alone"].loc[list(metrics), list(alone_columns)].rename(columns=alone_columns)
+            frame = pd.concat([frame, extra], axis=1)
+        frames[name] = frame
+    table = pd.concat(frames, names=["model", "metric"])
     sentences = []
     for name, comparison in comparisons.items():
         for metric in verdict_metrics:
             row = comparison["paired"].loc[metric]
             sentences.append(order_verdict(name, row["identity-ordered"], row["shuffled"], batch_size,
+                                           interval=(row["low"], row["high"]), p_value=row["p_value"], metric=metric))
+    for name, comparison in comparisons.items():
+        if "paired_alone" not in comparison:
+            continue
+        for metric in verdict_metrics:
+            row = comparison["paired_alone"].loc[metric]
+            sentences.append(alone_verdict(name, row["identity-ordered"], row["alone"], batch_size,
                                            interval=(row["low"], row["high"]), p_value=row["p_value"], metric=metric))
     return table, sentences
 
@@ -453,8 +502,9 @@ def gap_verdict(orders: dict, batch_size: int, leaky: str = "php-batch-efp", cle
     with shuffled batches (a difference between the trained models, not the order).
 
     Args:
-        orders: ``{(model, "identity-ordered" | "shuffled"): metrics}`` as notebook 40 builds it from
-            :func:`order_comparison` (``metrics["t2i"]["R1"]`` in percent).
+        orders: ``{(model, "identity-ordered" | "shuffled" | "alone"): metrics}`` as notebook 40 builds it from
+            :func:`order_comparison` (``metrics["t2i"]["R1"]`` in percent). With both models' ``"alone"`` entries the
+            sentence ends with the gap one query at a time (batch size 1), the only one a deployed search sees.
     """
     r1 = {key: float(m["t2i"]["R1"]) for key, m in orders.items()}
     gap = r1[(leaky, "identity-ordered")] - r1[(clean, "identity-ordered")]
@@ -466,6 +516,9 @@ def gap_verdict(orders: dict, batch_size: int, leaky: str = "php-batch-efp", cle
     if abs(model_part) >= tolerance:
         text += (": that part is a difference between the trained models (training with batch-mates), which no "
                  "choice of test order removes")
+    if (leaky, "alone") in r1 and (clean, "alone") in r1:
+        text += (f"; one query at a time (batch size 1, no batch-mates) {leaky} scores "
+                 f"{r1[(leaky, 'alone')] - r1[(clean, 'alone')]:+.2f} pp against {clean}")
     return text
 
 
