@@ -75,3 +75,5 @@ def test_plot_inflation_curve_draws_the_paired_interval_band():
     assert band[:, 1].min() == pytest.approx(-7.0) and band[:, 1].max() == pytest.approx(7.0)
     no_band = results.plot_inflation_curve({"m": curve.drop(columns=["inflation_R1_low", "inflation_R1_high"])})
     assert not no_band.axes[0].collections
+    # the log axis is labelled with the measured identities per batch as plain numbers
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["2.4", "3.9", "20.5"]

@@ -14,6 +14,7 @@ import pandas as pd
 import yaml
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullLocator
 
 from irra_core.io_utils import read_json
 from irra_core.viz.style import MODEL_COLORS, PANEL
@@ -209,7 +210,11 @@ def plot_inflation_curve(curves: Mapping[str, pd.DataFrame], *, fig: Figure | No
                         fontsize=7, xytext=(3, 3), textcoords="offset points")
     ax.axhline(0.0, color="0.5", linewidth=0.8)
     ax.set_xscale("log")
+    ticks = sorted({round(float(v), 1) for frame in curves.values() for v in frame["gallery_ids_per_batch"]})
+    if ticks:  # plain numbers at the measured points instead of 3x10^0
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.set_xticks(ticks, [f"{v:g}" for v in ticks])
     ax.set(xlabel="identities per identity-ordered gallery batch (log scale)",
-           ylabel="t2i R1: ordered - shuffled (pp)", title="inflation from batch-mates of the same identity")
+           ylabel="t2i R1: ordered - shuffled (pp)", title="t2i R1 change from identity-ordered test batches")
     ax.legend(fontsize=8)
     return fig
