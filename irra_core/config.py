@@ -45,6 +45,7 @@ class DataConfig:
     synthetic_identities: int = 400  # total identities over train/val/test
     synthetic_images_per_id: int = 4
     synthetic_test_images_per_id: int = 0  # images per test identity (0 = synthetic_images_per_id; ICFG ~20)
+    synthetic_test_captions_per_image: int = 0  # captions per test image (0 = the format's 2; ICFG-PEDES has 1)
     synthetic_eval_identities: int = 0  # identities in each of val and test (0 = 20% each; the rest train)
     synthetic_seed: int = 0
     img_size: tuple = (384, 128)  # (H, W)

@@ -87,6 +87,34 @@ def test_regions_file_written_and_loaded(tmp_path):
         load_regions(tmp_path / "elsewhere.jpg")
 
 
+def test_test_split_with_one_caption_per_image(tmp_path):
+    """ICFG-PEDES's structure on the test split only: one caption per test image, two per training image; the
+    setting is part of the folder's name and manifest, so the default folder is a different one."""
+    from irra_core.config import load_config
+    from irra_core.data import prepare_dataset
+    from irra_core.data.synthetic import synthetic_dir
+
+    root = make_synthetic_pedes(tmp_path / "s", "CUHK-PEDES", 9, 2, seed=1, test_images_per_id=3,
+                                test_captions_per_image=1)
+    entries = json.loads((root / "reid_raw.json").read_text())
+    per_split = {}
+    for entry in entries:
+        per_split.setdefault(entry["split"], set()).add(len(entry["captions"]))
+    assert per_split["test"] == {1} and per_split["train"] == {2} and per_split["val"] == {2}
+    assert json.loads((root / "manifest.json").read_text())["params"]["test_captions_per_image"] == 1
+    plain = make_synthetic_pedes(tmp_path / "p", "CUHK-PEDES", 9, 2, seed=1, test_images_per_id=3)
+    assert "test_captions_per_image" not in json.loads((plain / "manifest.json").read_text())["params"]
+    assert synthetic_dir("d", "CUHK-PEDES", 9, 2, 1, 3, None, 1).name.endswith("-c1-s1")
+    with pytest.raises(ValueError, match="test_captions_per_image"):
+        make_synthetic_pedes(tmp_path / "z", "CUHK-PEDES", 9, 2, seed=1, test_captions_per_image=0)
+    cfg = load_config(None, {"data.root": str(tmp_path / "data"), "data.synthetic_identities": 9,
+                             "data.synthetic_images_per_id": 2, "data.synthetic_test_images_per_id": 3,
+                             "data.synthetic_test_captions_per_image": 1})
+    ds = prepare_dataset(cfg)
+    assert len(ds.test["captions"]) == len(ds.test["image_pids"])  # caption k describes image k
+    assert list(ds.test["caption_pids"]) == list(ds.test["image_pids"])
+
+
 def test_pointing_game_concentrated_and_flat():
     grid = (8, 3)
     box = [0.0, 0.25, 1.0, 0.5]  # rows 2 and 3 (centres 0.3125, 0.4375): 6 of 24 cells

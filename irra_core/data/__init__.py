@@ -44,7 +44,8 @@ def prepare_dataset(cfg: Any) -> PedesDataset:
         from irra_core.data.synthetic import make_synthetic_pedes, synthetic_dir
 
         extra = {"test_images_per_id": data.synthetic_test_images_per_id or None,
-                 "eval_identities": data.synthetic_eval_identities or None}
+                 "eval_identities": data.synthetic_eval_identities or None,
+                 "test_captions_per_image": data.synthetic_test_captions_per_image or None}
         folder = synthetic_dir(data.root, data.synthetic_format, data.synthetic_identities,
                                data.synthetic_images_per_id, data.synthetic_seed, **extra)
         make_synthetic_pedes(folder, data.synthetic_format, data.synthetic_identities,

@@ -37,6 +37,8 @@ def _main(argv: list[str] | None = None) -> int:
     synth.add_argument("--images-per-id", type=int, default=4, help="images per person (default 4)")
     synth.add_argument("--seed", type=int, default=0, help="generator seed (default 0)")
     synth.add_argument("--test-images-per-id", type=int, default=None, help="default: --images-per-id")
+    synth.add_argument("--test-captions-per-image", type=int, default=None,
+                       help="captions per test image (default 2; ICFG-PEDES has 1)")
     args = parser.parse_args(argv)
 
     if args.command == "check":
@@ -54,7 +56,8 @@ def _main(argv: list[str] | None = None) -> int:
 
     try:
         path = make_synthetic_pedes(args.root, args.format, args.identities, args.images_per_id, args.seed,
-                                    test_images_per_id=args.test_images_per_id)
+                                    test_images_per_id=args.test_images_per_id,
+                                    test_captions_per_image=args.test_captions_per_image)
     except (FileExistsError, ValueError) as exc:  # a foreign folder, or sizes the generator cannot make
         raise UserError(f"--root {args.root}: {exc}") from exc
     print(path)

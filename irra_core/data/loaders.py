@@ -78,7 +78,8 @@ def _dataset_for(cfg: Any) -> PedesDataset:
 
     d = cfg.data
     key = (d.dataset, str(d.root), d.synthetic_format, d.synthetic_identities, d.synthetic_images_per_id,
-           d.synthetic_test_images_per_id, d.synthetic_eval_identities, d.synthetic_seed, d.max_identities,
+           d.synthetic_test_images_per_id, d.synthetic_test_captions_per_image, d.synthetic_eval_identities,
+           d.synthetic_seed, d.max_identities,
            d.val_from_train, d.val_from_train_seed)
     if key not in _PREPARED:
         _PREPARED[key] = prepare_dataset(cfg)

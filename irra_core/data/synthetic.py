@@ -559,12 +559,16 @@ def _format_ids(identities: list[dict[str, Any]], fmt: str) -> None:
 
 def synthetic_params(fmt: str, num_identities: int, images_per_id: int, seed: int,
                      captions_per_image: int = 2, test_images_per_id: int | None = None,
-                     eval_identities: int | None = None) -> dict[str, Any]:
+                     eval_identities: int | None = None,
+                     test_captions_per_image: int | None = None) -> dict[str, Any]:
     """The parameters a generated folder's ``manifest.json`` records (a folder with others is rebuilt)."""
-    return {"format": canonical_name(fmt), "num_identities": int(num_identities),
-            "images_per_id": int(images_per_id), "seed": int(seed), "captions_per_image": int(captions_per_image),
-            "test_images_per_id": int(test_images_per_id or images_per_id),
-            "eval_identities": int(eval_identities or 0), "version": GENERATOR_VERSION}
+    params = {"format": canonical_name(fmt), "num_identities": int(num_identities),
+              "images_per_id": int(images_per_id), "seed": int(seed), "captions_per_image": int(captions_per_image),
+              "test_images_per_id": int(test_images_per_id or images_per_id),
+              "eval_identities": int(eval_identities or 0), "version": GENERATOR_VERSION}
+    if test_captions_per_image is not None:  # recorded only when set: folders written before keep their manifest
+        params["test_captions_per_image"] = int(test_captions_per_image)
+    return params
 
 
 def is_complete(root: str | Path, params: dict[str, Any]) -> bool:
@@ -579,7 +583,7 @@ def is_complete(root: str | Path, params: dict[str, Any]) -> bool:
 def make_synthetic_pedes(root: str | Path, fmt: str = "CUHK-PEDES", num_identities: int = 400,
                          images_per_id: int = 4, seed: int = 0, captions_per_image: int = 2,
                          force: bool = False, test_images_per_id: int | None = None,
-                         eval_identities: int | None = None) -> Path:
+                         eval_identities: int | None = None, test_captions_per_image: int | None = None) -> Path:
     """Write a synthetic dataset in ``fmt``'s on-disk layout into the folder ``root``.
 
     The folder becomes a dataset folder: ``<annotation file>``, ``imgs/``, ``attributes.json``
@@ -601,6 +605,10 @@ def make_synthetic_pedes(root: str | Path, fmt: str = "CUHK-PEDES", num_identiti
             has ~20 images per identity, which sets how many identities share an evaluation batch.
         eval_identities: identities in each of val and test (default 20% each): more training identities
             (more attribute combinations) without a larger, more ambiguous test gallery.
+        test_captions_per_image: captions per test image (default ``captions_per_image``). ICFG-PEDES has one
+            caption per image, so its identity-ordered query batches line up with its gallery batches (caption
+            k describes image k): with 1 the synthetic test split has that structure, which decides how much PHP's
+            batch-axis EFP inflates the test numbers (notebook 40, SPEC §2.11).
 
     Returns:
         ``root`` as a resolved Path.
@@ -608,9 +616,11 @@ def make_synthetic_pedes(root: str | Path, fmt: str = "CUHK-PEDES", num_identiti
     fmt = canonical_name(fmt)
     root = Path(root).expanduser().resolve()
     params = synthetic_params(fmt, num_identities, images_per_id, seed, captions_per_image, test_images_per_id,
-                              eval_identities)
-    if images_per_id < 1 or captions_per_image < 1 or params["test_images_per_id"] < 1:
-        raise ValueError("images_per_id, test_images_per_id and captions_per_image must be >= 1")
+                              eval_identities, test_captions_per_image)
+    if (images_per_id < 1 or captions_per_image < 1 or params["test_images_per_id"] < 1
+            or params.get("test_captions_per_image", 1) < 1):
+        raise ValueError("images_per_id, test_images_per_id, captions_per_image and test_captions_per_image must "
+                         "be >= 1")
     if not force and is_complete(root, params):
         return root
     if root.exists() and any(root.iterdir()) and not (root / MARKER).exists():
@@ -658,7 +668,10 @@ def _write(folder: Path, params: dict[str, Any]) -> None:
             path.parent.mkdir(parents=True, exist_ok=True)
             regions[rel] = {}
             render_person(ident, rng, regions=regions[rel]).save(path, format="JPEG", quality=90)
-            caps = [make_caption(ident, rng) for _ in range(params["captions_per_image"])]
+            n_caps = params["captions_per_image"]
+            if ident["split"] == "test":
+                n_caps = params.get("test_captions_per_image", n_caps)
+            caps = [make_caption(ident, rng) for _ in range(n_caps)]
             entries.append({"split": ident["split"], "id": ident["id"], spec.path_field: rel, "captions": caps})
     ann = folder / spec.annotation_files[0]
     atomic_write_json(ann, entries)
@@ -673,11 +686,14 @@ def _write(folder: Path, params: dict[str, Any]) -> None:
 
 
 def synthetic_dir(root: str | Path, fmt: str, num_identities: int, images_per_id: int, seed: int,
-                  test_images_per_id: int | None = None, eval_identities: int | None = None) -> Path:
+                  test_images_per_id: int | None = None, eval_identities: int | None = None,
+                  test_captions_per_image: int | None = None) -> Path:
     """``<root>/synthetic/<fmt>-n<ids>-k<imgs>-s<seed>`` (with ``-t<test imgs>`` when the test split has its
-    own count, ``-e<ids>`` when val/test have a set size), the folder :func:`prepare_dataset` uses."""
+    own count, ``-e<ids>`` when val/test have a set size, ``-c<captions>`` when test images have their own
+    caption count), the folder :func:`prepare_dataset` uses."""
     test = f"-t{test_images_per_id}" if test_images_per_id and test_images_per_id != images_per_id else ""
     test += f"-e{eval_identities}" if eval_identities else ""
+    test += f"-c{test_captions_per_image}" if test_captions_per_image else ""
     return Path(root) / "synthetic" / f"{canonical_name(fmt)}-n{num_identities}-k{images_per_id}{test}-s{seed}"
 
 
