@@ -115,6 +115,18 @@ def test_test_split_with_one_caption_per_image(tmp_path):
     assert list(ds.test["caption_pids"]) == list(ds.test["image_pids"])
 
 
+def test_synth_command_writes_one_caption_per_test_image(tmp_path, capsys):
+    from irra_core.data.__main__ import main
+
+    root = tmp_path / "cli"
+    assert main(["synth", "--root", str(root), "--identities", "9", "--images-per-id", "2",
+                 "--test-images-per-id", "3", "--test-captions-per-image", "1"]) == 0
+    assert json.loads((root / "manifest.json").read_text())["params"]["test_captions_per_image"] == 1
+    assert main(["synth", "--root", str(tmp_path / "bad"), "--identities", "9", "--test-captions-per-image", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "test_captions_per_image must be >= 1" in err
+
+
 def test_pointing_game_concentrated_and_flat():
     grid = (8, 3)
     box = [0.0, 0.25, 1.0, 0.5]  # rows 2 and 3 (centres 0.3125, 0.4375): 6 of 24 cells
