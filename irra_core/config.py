@@ -45,7 +45,7 @@ class DataConfig:
     synthetic_identities: int = 400  # total identities over train/val/test
     synthetic_images_per_id: int = 4
     synthetic_test_images_per_id: int = 0  # images per test identity (0 = synthetic_images_per_id; ICFG ~20)
-    synthetic_test_captions_per_image: int = 0  # captions per test image (0 = the format's 2; ICFG-PEDES has 1)
+    synthetic_test_captions_per_image: int = 0  # captions per test image (0 = as training images, 2; ICFG has 1)
     synthetic_eval_identities: int = 0  # identities in each of val and test (0 = 20% each; the rest train)
     synthetic_seed: int = 0
     img_size: tuple = (384, 128)  # (H, W)
@@ -402,6 +402,9 @@ def validate(cfg: Config) -> None:
     for key in ("val_from_train", "max_identities"):
         if getattr(cfg.data, key) < 0:
             raise ConfigError(f"'data.{key}' must be >= 0 (0 = off), got {getattr(cfg.data, key)}")
+    for key in ("synthetic_test_images_per_id", "synthetic_test_captions_per_image", "synthetic_eval_identities"):
+        if getattr(cfg.data, key) < 0:
+            raise ConfigError(f"'data.{key}' must be >= 0 (0 = the generator's default), got {getattr(cfg.data, key)}")
     if cfg.model.text_conv < 0:
         raise ConfigError(f"'model.text_conv' is a kernel width in tokens, >= 0 (0 = off), got {cfg.model.text_conv}")
     if cfg.model.temperature <= 0:

@@ -57,6 +57,8 @@ def test_yaml_string_floats_are_coerced():
     ({"model.temperature": 0.0}, "model.temperature"),
     ({"data.img_size": [384]}, "data.img_size"),
     ({"model.vision_width": 100, "model.vision_heads": 3}, "vision_width"),
+    ({"data.synthetic_test_captions_per_image": -1}, "data.synthetic_test_captions_per_image"),
+    ({"data.synthetic_test_images_per_id": -2}, "data.synthetic_test_images_per_id"),
 ])
 def test_bad_keys_and_values_name_the_key(overrides, named):
     with pytest.raises(ConfigError, match=named.replace(".", r"\.")):

@@ -1,6 +1,7 @@
 """Command line: ``python -m irra_core.data check --dataset NAME --root DIR [--json FILE]`` (exit 1 when the
 report has errors; the JSON report lists every missing file) and
-``python -m irra_core.data synth --root DIR --format NAME [--identities N --images-per-id K --seed S]``.
+``python -m irra_core.data synth --root DIR --format NAME [--identities N --images-per-id K --seed S
+--test-images-per-id T --test-captions-per-image C]`` (C = 1: ICFG-PEDES's one caption per test image).
 Expected errors (an unknown dataset name, a folder the generator would overwrite) print one ``error: ...``
 paragraph and exit 2 (``--debug`` shows the traceback)."""
 from __future__ import annotations
