@@ -23,6 +23,7 @@ engine's periodic evaluation then logs the test split, which selects nothing). N
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -89,6 +90,17 @@ def dataset_overrides(name: str) -> dict[str, Any]:
     return {"data.dataset": name}
 
 
+def target_data_keys() -> tuple[str, ...]:
+    """The ``data`` keys a transfer evaluation takes from the *target's* config: the dataset, its root and every
+    ``synthetic_*`` generator key (format, seed, identity counts and the test split's images and captions per
+    identity), so a synthetic target is evaluated on exactly the split its own config builds. Everything else
+    (image size, text length, batch sizes) stays the source model's."""
+    from irra_core.config import DataConfig
+
+    fields = [f.name for f in dataclasses.fields(DataConfig)]
+    return ("dataset", "root", *(name for name in fields if name.startswith("synthetic_")))
+
+
 def transfer_matrix(records: Mapping[tuple[str, str], Mapping], metric: str = "R1", task: str = "t2i"):
     """The A x B table of ``metric`` (percent): rows = trained on, columns = evaluated on.
 
@@ -153,8 +165,7 @@ def run_transfer(datasets: Sequence[str], out_dir: str | Path, *, arch: str = "i
         model = fit(cfg, out_dir / "train" / source, resume=True).model
         for target in datasets:
             eval_cfg = copy_config(cfg)  # the source's model and sizes, the target's data
-            for key in ("dataset", "root", "synthetic_format", "synthetic_identities", "synthetic_images_per_id",
-                        "synthetic_seed"):
+            for key in target_data_keys():
                 set_value(eval_cfg, f"data.{key}", getattr(configs[target].data, key))
             where = out_dir / "eval" / f"{source}__{target}"
             evaluate(model, eval_cfg, "test", out_dir=where)
