@@ -90,15 +90,22 @@ def dataset_overrides(name: str) -> dict[str, Any]:
     return {"data.dataset": name}
 
 
-def target_data_keys() -> tuple[str, ...]:
-    """The ``data`` keys a transfer evaluation takes from the *target's* config: the dataset, its root and every
-    ``synthetic_*`` generator key (format, seed, identity counts and the test split's images and captions per
-    identity), so a synthetic target is evaluated on exactly the split its own config builds. Everything else
-    (image size, text length, batch sizes) stays the source model's."""
-    from irra_core.config import DataConfig
+def evaluation_config(source: Any, target: Any) -> Any:
+    """The config a transfer cell evaluates with: a copy of the ``source`` training config (the model, its image
+    size, text length and batch sizes) with the *target's* data: ``data.dataset``, ``data.root`` and every
+    ``data.synthetic_*`` generator key (format, seed, identity counts, the test split's images and captions per
+    identity), so a synthetic target is evaluated on exactly the test split its own config builds.
 
-    fields = [f.name for f in dataclasses.fields(DataConfig)]
-    return ("dataset", "root", *(name for name in fields if name.startswith("synthetic_")))
+    Args:
+        source, target: :class:`irra_core.config.Config` of the training run and of the evaluated dataset.
+    """
+    from irra_core.config import DataConfig, copy_config, set_value
+
+    keys = ["dataset", "root"] + [f.name for f in dataclasses.fields(DataConfig) if f.name.startswith("synthetic_")]
+    cfg = copy_config(source)
+    for key in keys:
+        set_value(cfg, f"data.{key}", getattr(target.data, key))
+    return cfg
 
 
 def transfer_matrix(records: Mapping[tuple[str, str], Mapping], metric: str = "R1", task: str = "t2i"):
@@ -140,7 +147,7 @@ def run_transfer(datasets: Sequence[str], out_dir: str | Path, *, arch: str = "i
     Returns:
         ``{"records": {(A, B): metrics record}, "matrices": {metric: DataFrame}, "out_dir": Path}``.
     """
-    from irra_core.config import copy_config, set_value
+    from irra_core.config import set_value
     from irra_core.data import prepare_dataset
     from irra_core.engine import fit
     from irra_core.evaluation import evaluate
@@ -164,9 +171,7 @@ def run_transfer(datasets: Sequence[str], out_dir: str | Path, *, arch: str = "i
         echo(f"== transfer: training on {source} -> {out_dir / 'train' / source}")
         model = fit(cfg, out_dir / "train" / source, resume=True).model
         for target in datasets:
-            eval_cfg = copy_config(cfg)  # the source's model and sizes, the target's data
-            for key in target_data_keys():
-                set_value(eval_cfg, f"data.{key}", getattr(configs[target].data, key))
+            eval_cfg = evaluation_config(cfg, configs[target])
             where = out_dir / "eval" / f"{source}__{target}"
             evaluate(model, eval_cfg, "test", out_dir=where)
             records[(source, target)] = read_json(where / "metrics.json", "transfer evaluation")

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from irra_core.cli import UserError, run_cli
-from irra_core.transfer import main, resolve_datasets, target_data_keys, transfer_matrix, transfer_summary
+from irra_core.transfer import evaluation_config, main, resolve_datasets, transfer_matrix, transfer_summary
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -85,18 +85,17 @@ def test_transfer_notebook_smoke(tmp_path):
 
 
 def test_a_synthetic_target_is_evaluated_on_its_own_test_split():
-    from irra_core.config import copy_config, load_config, set_value
+    from irra_core.config import load_config
 
     source = load_config("irra-cpu", {"data.dataset": "synthetic", "data.synthetic_seed": 0}, smoke=True)
     target = load_config("irra-cpu", {"data.dataset": "synthetic", "data.synthetic_seed": 1,
                                       "data.synthetic_format": "ICFG-PEDES", "data.synthetic_test_images_per_id": 7,
                                       "data.synthetic_test_captions_per_image": 2, "data.synthetic_eval_identities": 5,
                                       "data.img_size": [64, 32]}, smoke=True)
-    eval_cfg = copy_config(source)
-    for key in target_data_keys():
-        set_value(eval_cfg, f"data.{key}", getattr(target.data, key))
+    eval_cfg = evaluation_config(source, target)
     for key in ("synthetic_seed", "synthetic_format", "synthetic_test_images_per_id",
                 "synthetic_test_captions_per_image", "synthetic_eval_identities"):
         assert getattr(eval_cfg.data, key) == getattr(target.data, key), key
     assert list(eval_cfg.data.img_size) == list(source.data.img_size)  # the source model's input size stays
     assert eval_cfg.data.text_length == source.data.text_length
+    assert eval_cfg.model == source.model and source.data.synthetic_seed == 0  # the source config is not touched

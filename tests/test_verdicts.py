@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import pandas as pd
+import pytest
 
 from irra_core.evaluation.audit import LeakAuditReport, alone_verdict, audit_summary, gap_verdict, order_verdict
 from irra_core.viz.attention import pointing_verdict
@@ -80,3 +81,51 @@ def test_pointing_verdict_compares_with_uniform_and_names_the_best_part():
     assert "10.4% of the time, above uniform attention (9.4%, 1.11x)" in text and "best part: lower" in text
     table.loc[table.part == "all", "hit_rate"] = 9.0
     assert "not above uniform" in pointing_verdict("php", table)
+
+
+def _curve():
+    import pandas as pd
+
+    return pd.DataFrame({"batch_size": [512, 32, 64], "gallery_ids_per_batch": [25.8, 2.4, 3.9],
+                         "inflation_R1": [8.55, 16.95, 21.95], "inflation_R1_low": [4.70, 11.85, 16.30],
+                         "inflation_R1_high": [12.65, 22.35, 27.25]})
+
+
+def test_curve_verdict_names_the_fewest_and_most_identities_per_batch():
+    from irra_core.evaluation.audit import curve_verdict
+
+    text = curve_verdict("php-batch-efp", _curve(), per_sample_inflation=0.0)
+    fewest = text.index("+16.95 pp [+11.85, +22.35] at 2.4 identities")
+    assert fewest < text.index("+8.55 pp [+4.70, +12.65] at 25.8") and "(batch size 32)" in text and "(batch size 512)" in text
+    assert "+21.95" not in text and text.endswith("the per-sample php differs by 0.00 pp (above)")
+    assert "per-sample" not in curve_verdict("m", _curve())
+    with pytest.raises(ValueError, match="no batch sizes"):
+        curve_verdict("m", _curve().iloc[:0])
+
+
+def test_leak_audit_record_keeps_each_arrangement_and_the_curve_where_there_is_one():
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from irra_core.evaluation.audit import leak_audit_record
+
+    def audit(flagged):
+        return SimpleNamespace(flagged=flagged, reasons=["r"] if flagged else [], max_embedding_diff=0.1 * flagged,
+                               metric_spread={}, runs=[])
+
+    paired = pd.DataFrame({"diff": [1.5]}, index=pd.Index(["R1"], name="metric"))
+    with_alone = {"identity-ordered": {"t2i": {"R1": 60.0}}, "shuffled": {"t2i": {"R1": 58.5}}, "paired": paired,
+                  "alone": {"t2i": {"R1": 57.0}}, "paired_alone": paired * 2}
+    without = {k: with_alone[k] for k in ("identity-ordered", "shuffled", "paired")}
+    record = leak_audit_record({"leaky": audit(True), "clean": audit(False)}, {"leaky": with_alone, "clean": without},
+                               {"leaky": _curve()}, 64)
+    assert record["leaky"]["flagged"] is True and record["clean"]["flagged"] is False
+    assert record["leaky"]["alone"]["t2i"]["R1"] == 57.0
+    assert record["leaky"]["ordered_minus_alone"] == [{"metric": "R1", "diff": 3.0}]
+    assert record["leaky"]["ordered_minus_shuffled"] == [{"metric": "R1", "diff": 1.5}]
+    assert "alone" not in record["clean"] and "ordered_minus_alone" not in record["clean"]
+    assert len(record["leaky"]["inflation_curve"]) == 3 and record["clean"]["inflation_curve"] is None
+    assert record["clean"]["test_batch_size"] == 64
+    with pytest.raises(KeyError):
+        leak_audit_record({"other": audit(False)}, {"leaky": with_alone}, {}, 64)

@@ -522,6 +522,59 @@ def gap_verdict(orders: dict, batch_size: int, leaky: str = "php-batch-efp", cle
     return text
 
 
+def curve_verdict(name: str, curve: Any, per_sample_inflation: Optional[float] = None) -> str:
+    """One sentence on :func:`inflation_curve`'s table: the R1 inflation (identity-ordered minus shuffled, pp) with its
+    paired 95% interval at the fewest and at the most identities per identity-ordered gallery batch, and, when given,
+    the per-sample model's inflation (pp) at the comparison's batch size.
+
+    Raises:
+        ValueError: ``curve`` has no rows.
+    """
+    if len(curve) == 0:
+        raise ValueError("the inflation curve has no batch sizes")
+    rows = curve.reset_index(drop=True)
+    ids = rows["gallery_ids_per_batch"]
+
+    def point(row) -> str:
+        return (f"{row.inflation_R1:+.2f} pp [{row.inflation_R1_low:+.2f}, {row.inflation_R1_high:+.2f}] at "
+                f"{row.gallery_ids_per_batch:.1f} identities per batch (batch size {int(row.batch_size)})")
+
+    text = f"{name}: inflation {point(rows.loc[ids.idxmin()])}, {point(rows.loc[ids.idxmax()])}"
+    if per_sample_inflation is not None:
+        text += f"; the per-sample php differs by {per_sample_inflation:.2f} pp (above)"
+    return text
+
+
+def leak_audit_record(audits: dict, comparisons: dict, curves: dict, batch_size: int) -> dict:
+    """Notebook 40's ``leak_audit.json``: per model, the audit's verdict (:class:`LeakAuditReport`), the metrics of
+    each test arrangement of :func:`order_comparison` (percent) with the paired differences (pp) and, for the
+    models that have one, the :func:`inflation_curve` rows.
+
+    Args:
+        audits: ``{model: LeakAuditReport}``; every model needs an entry in ``comparisons``.
+        comparisons: ``{model: order_comparison(...)}`` (with or without ``alone``).
+        curves: ``{model: inflation_curve(...) DataFrame}`` for some of the models.
+        batch_size: the comparison's test batch size.
+
+    Raises:
+        KeyError: a model of ``audits`` has no comparison.
+    """
+    record = {}
+    for name, audit in audits.items():
+        comparison = comparisons[name]
+        entry = {"flagged": audit.flagged, "reasons": audit.reasons, "max_embedding_diff": audit.max_embedding_diff,
+                 "metric_spread": audit.metric_spread, "runs": audit.runs,
+                 "identity_ordered": comparison["identity-ordered"], "shuffled": comparison["shuffled"],
+                 "ordered_minus_shuffled": comparison["paired"].reset_index().to_dict("records")}
+        if "alone" in comparison:
+            entry["alone"] = comparison["alone"]
+            entry["ordered_minus_alone"] = comparison["paired_alone"].reset_index().to_dict("records")
+        entry["test_batch_size"] = batch_size
+        entry["inflation_curve"] = curves[name].to_dict("records") if name in curves else None
+        record[name] = entry
+    return record
+
+
 def audit_summary(name: str, audit: LeakAuditReport, *, tolerance: float = 0.005) -> str:
     """One sentence from a :class:`LeakAuditReport`: t2i R1 (percent) alone (batch size 1), identity-ordered and
     shuffled at the smallest batch size above 1, and whether the ordered bar is level with, above or below."""
