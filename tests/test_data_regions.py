@@ -188,3 +188,28 @@ def test_word_patch_maps_on_untrained_models(tmp_path):
         assert tables[arch]["part"].iloc[-1] == "all" and tables[arch]["words"].iloc[-1] > 0
         A.plot_pointing_examples(samples[:2], grid, [run.display_image(g) for g in images[:2]])
     A.plot_pointing(tables)
+
+
+def test_peak_concentration_finds_a_background_sink_and_spreads_ties():
+    from irra_core.viz.attention import peak_concentration, sink_verdict
+
+    tokens = ["<|startoftext|>", "a</w>", "red</w>", "coat</w>", "and</w>", "blue</w>", "pants</w>", "<|endoftext|>"]
+    grid = (8, 3)
+    regions = {"upper": [0.3, 0.2, 0.7, 0.5], "lower": [0.3, 0.5, 0.7, 0.9]}  # the middle column only
+    sunk = torch.full((len(tokens), 24), 0.01)
+    sunk[:, 0] = 1.0  # every word peaks on the top-left cell, outside both parts
+    peaks = peak_concentration([(sunk, tokens, regions)] * 3, grid)
+    assert peaks["words"] == 12 and peaks["cell"] == (0, 0)
+    assert peaks["share"] == pytest.approx(100.0) and peaks["outside_parts"] == pytest.approx(100.0)
+    assert peaks["even"] == pytest.approx(100 / 24)
+    assert "an attention sink" in sink_verdict("irra", peaks) and "(row 0, col 0)" in sink_verdict("irra", peaks)
+    flat = peak_concentration([(torch.ones(len(tokens), 24), tokens, regions)], grid)
+    assert flat["share"] == pytest.approx(100 / 24)  # ties share the credit: no cell stands out
+    assert "no background sink" in sink_verdict("irra", flat)
+    pointed = torch.zeros(len(tokens), 24)
+    pointed[[2, 3], 3 * 2 + 1] = 1.0  # upper words peak in the middle column, row 2: inside their part
+    pointed[[5, 6], 3 * 5 + 1] = 1.0  # lower words, row 5
+    mixed = peak_concentration([(pointed, tokens, regions)], grid)
+    assert mixed["share"] == pytest.approx(50.0) and mixed["outside_parts"] == pytest.approx(0.0)
+    assert "no background sink" in sink_verdict("php", mixed)
+    assert "no attribute words" in sink_verdict("php", peak_concentration([], grid))

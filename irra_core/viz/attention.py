@@ -339,6 +339,61 @@ def pointing_verdict(name: str, table) -> str:
             f"({best.hit_rate:.1f}% vs {best.uniform_rate:.1f}%)")
 
 
+def peak_concentration(maps: Sequence[tuple[torch.Tensor, Sequence[str], dict]], grid: tuple[int, int]) -> dict:
+    """Where the attribute words' maps peak, pooled over samples: the most-peaked patch cell and its share.
+
+    An *attention sink* (Xiao et al. 2023, "Efficient Streaming Language Models with Attention Sinks"; Darcet et
+    al. 2024, "Vision Transformers Need Registers") shows as one cell, usually background, that holds the peak of
+    many words whatever they name; it caps the pointing game (:func:`score_pointing`) however well the rest of
+    the map follows the part. Ties share the credit as in :func:`pointing_game`, so flat maps spread it evenly.
+
+    Args:
+        maps: as :func:`score_pointing`: ``(word_maps (L, P), tokens (L,), regions {part: box})`` per sample;
+            the words counted are the :func:`attribute_words` whose part is drawn in that image.
+        grid: (gh, gw).
+
+    Returns:
+        ``{"words": n, "cell": (row, col), "share": percent of the words' peaks on that cell, "even": 100 / P
+        (the share of any one cell under evenly spread peaks), "outside_parts": percent of those samples whose
+        regions leave that cell's centre outside every box}``; ``share`` and ``outside_parts`` are ``nan`` with
+        no words.
+    """
+    gh, gw = grid
+    credit = torch.zeros(gh * gw, dtype=torch.float64)
+    per_sample = []
+    for word_maps, tokens, regions in maps:
+        for index, part, _ in attribute_words(tokens):
+            if part not in regions or index >= word_maps.shape[0]:
+                continue
+            w = word_maps[index].detach().double().reshape(-1)
+            top = w >= w.max() - 1e-7 * max(1.0, float(w.abs().max()))
+            credit += top.double() / top.sum()
+            per_sample.append(regions)
+    n = len(per_sample)
+    cell = int(credit.argmax())
+    outside = [not any(bool(cells_in_box(box, grid)[cell]) for box in regions.values()) for regions in per_sample]
+    return {"words": n, "cell": divmod(cell, gw), "share": 100.0 * float(credit[cell]) / n if n else float("nan"),
+            "even": 100.0 / (gh * gw), "outside_parts": 100.0 * float(np.mean(outside)) if n else float("nan")}
+
+
+def sink_verdict(name: str, peaks: dict) -> str:
+    """One sentence from :func:`peak_concentration`: how many attribute words peak on the one most-peaked cell
+    (percent), against the share evenly spread peaks give a cell, and whether that cell lies outside the parts.
+
+    It names a sink when the cell holds at least 3x an even share of the peaks and lies outside every drawn part
+    in at least half of the images."""
+    if not peaks["words"]:
+        return f"{name}: no attribute words to locate the peaks of"
+    row, col = peaks["cell"]
+    ratio = peaks["share"] / peaks["even"]
+    sink = ratio >= 3 and peaks["outside_parts"] >= 50
+    kind = ("an attention sink (one cell takes the peak whatever the word names)" if sink
+            else "no background sink")
+    return (f"{name}: {peaks['share']:.1f}% of attribute words peak on patch (row {row}, col {col}), "
+            f"{ratio:.1f}x an even spread ({peaks['even']:.1f}%), a patch outside every drawn part in "
+            f"{peaks['outside_parts']:.0f}% of the images: {kind}")
+
+
 def plot_pointing(tables: dict, *, ax=None, title: str = "") -> Figure:
     """Bars of the pointing-game hit rate per part, one bar per model, against the uniform-attention rate.
 
