@@ -4,7 +4,10 @@
   process-wide and cannot be undone, so ``import irra_core`` does not call it: the code that runs the heavy
   CPU work does, once per process - :func:`irra_core.engine.fit` and
   :func:`irra_core.evaluation.encode_split` (so every command and notebook that trains or evaluates), the
-  benchmarks (``benchmarks/common.py``) and the test suite (``tests/conftest.py``).
+  training notebooks' first cells (:func:`irra_core.train_notebook.training_setup` and
+  :func:`~irra_core.train_notebook.one_batch_walkthrough`, which allocate a whole model before ``fit`` runs:
+  tuning only then left the training ~1.8x slower), the benchmarks (``benchmarks/common.py``) and the test
+  suite (``tests/conftest.py``).
 * :func:`torch_threads` sets torch's intra-op thread count for a block and restores it afterwards.
 
 Why the allocator matters:

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from matplotlib.figure import Figure
 
+from irra_core import runtime
 from irra_core.runtime import resolve_device
 from irra_core.workbook import resolve_run_dir, workbook_config
 
@@ -42,7 +43,8 @@ def _figure_path(run_dir: Path, arch: str, what: str) -> Path:
 def training_setup(arch: str, run_name: str, preset: str, dataset: str, data_root: str,
                    overrides: Mapping[str, Any] | None, *, smoke: bool, device: str, seed: int,
                    interactive: bool) -> tuple[Path, Any]:
-    """The notebook's run folder and configuration, printed as one line; applies the plotting theme.
+    """The notebook's run folder and configuration, printed as one line; applies the plotting theme and tunes the
+    C allocator for the process (:func:`irra_core.runtime.tune_allocator`) before anything large is allocated.
 
     Args:
         arch: ``"irra"`` or ``"php"``; the other arguments are the notebook's standard parameters
@@ -55,6 +57,7 @@ def training_setup(arch: str, run_name: str, preset: str, dataset: str, data_roo
     from irra_core.config import preset_for
     from irra_core.viz import set_theme
 
+    runtime.tune_allocator()
     set_theme()
     run_dir = resolve_run_dir(run_name, preset, dataset, smoke=smoke)
     cfg = workbook_config(arch, preset, dataset, data_root, overrides, smoke=smoke, device=device, seed=seed,
@@ -110,6 +113,10 @@ def one_batch_walkthrough(cfg: Any) -> BatchWalkthrough:
     from irra_core.model import build_model, capture_attention
     from irra_core.model.precision import AUTOCAST_DTYPES
 
+    # Tuned before this model is built, not later in fit(): with glibc's defaults in force while this throwaway
+    # model and batch are allocated, the training that follows in the same process ran 0.74-0.93 s a step
+    # instead of 0.42-0.48 (irra-cpu, 2 threads; benchmarks/README.md, "Eleventh pass").
+    runtime.tune_allocator()
     seed_everything(cfg.train.seed)
     dataset = prepare_dataset(cfg)
     model = build_model(cfg, dataset.num_classes)

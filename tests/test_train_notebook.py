@@ -77,3 +77,30 @@ def test_figure_names_follow_the_notebook_and_refuse_unknown_models(tmp_path):
     assert _figure_path(tmp_path, "php", "steps") == tmp_path / "figures" / "11_steps_php.png"
     with pytest.raises(ValueError, match="irra"):
         _figure_path(tmp_path, "clip", "steps")
+
+
+def test_training_cells_tune_the_allocator_before_anything_large_is_built(monkeypatch):
+    """The walkthrough allocates a whole model before fit(); the allocator must be tuned first (runtime docstring)."""
+    from irra_core import runtime, train_notebook
+
+    events = []
+    monkeypatch.setattr(runtime, "tune_allocator", lambda *a, **k: events.append("tune") or True)
+
+    def no_dataset(cfg, *a, **k):
+        events.append("prepare_dataset")
+        raise RuntimeError("stop here")
+
+    import irra_core.data as data
+
+    monkeypatch.setattr(data, "prepare_dataset", no_dataset)
+    cfg = train_notebook.workbook_config("irra", "cpu", "synthetic", "data", {}, smoke=True, device="cpu", seed=1,
+                                         interactive=False)
+    with pytest.raises(RuntimeError, match="stop here"):
+        train_notebook.one_batch_walkthrough(cfg)
+    assert events == ["tune", "prepare_dataset"]
+    events.clear()
+    monkeypatch.setattr(train_notebook, "resolve_run_dir", lambda *a, **k: "run")
+    monkeypatch.setattr(train_notebook, "workbook_config", lambda *a, **k: cfg)
+    train_notebook.training_setup("irra", "", "cpu", "synthetic", "data", {}, smoke=True, device="cpu", seed=1,
+                                  interactive=False)
+    assert events == ["tune"]
