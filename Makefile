@@ -31,14 +31,13 @@ workbook: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-# JupyterLab on the project kernel; refuses to start without the ipywidgets front end (the explorers need it).
-# One malloc arena for its kernels, as the workbook runner gives them (irra_core.pipeline._kernel_environment)
+# JupyterLab on the project kernel; refuses to start without the ipywidgets front end (the explorers need it)
 lab: $(STAMP)
 	@$(VENV)/bin/jupyter labextension list 2>&1 | grep -q "@jupyter-widgets/jupyterlab-manager v.*enabled.*OK" || { \
 	  echo "error: the ipywidgets front-end extension @jupyter-widgets/jupyterlab-manager is missing or disabled;" \
 	       "reinstall with $(PY) -m pip install -e '.[dev]' (it brings jupyterlab_widgets matching ipywidgets)" \
 	       "or enable it: $(VENV)/bin/jupyter labextension enable @jupyter-widgets/jupyterlab-manager"; exit 2; }
-	MALLOC_ARENA_MAX=$${MALLOC_ARENA_MAX:-1} $(VENV)/bin/jupyter lab --notebook-dir=notebooks
+	$(VENV)/bin/jupyter lab --notebook-dir=notebooks
 
 clean-smoke:
 	rm -rf outputs/smoke

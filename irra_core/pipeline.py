@@ -227,18 +227,9 @@ def _load_state(run_dir: Path) -> dict:
 
 @contextlib.contextmanager
 def _kernel_environment(runs_root: Path) -> Iterator[None]:
-    """Environment the kernel inherits: where runs live, no hub downloads, inline figures, one malloc arena.
-
-    ``MALLOC_ARENA_MAX=1`` (kept if already set; not set with ``IRRA_MALLOC_TUNING=0``): a Jupyter kernel runs
-    several threads, and with glibc's per-thread arenas :func:`irra_core.runtime.tune_allocator`'s settings did
-    not hold for the training's allocations. Notebook 10's first IRRA epoch took 145-150 s in the kernel
-    against 94 s with one arena (``benchmarks/README.md``, "Eleventh pass"). glibc reads it at process start,
-    so it is set here for the kernels and their child processes, not in ``tune_allocator``.
-    """
+    """Environment the kernel inherits: where runs live, no hub downloads, inline figures."""
     wanted = {"IRRA_RUNS_DIR": str(runs_root), "HF_HUB_OFFLINE": "1", "MPLBACKEND": KERNEL_MPLBACKEND,
               "PYTHONUNBUFFERED": "1"}
-    if os.environ.get("IRRA_MALLOC_TUNING", "1") != "0":
-        wanted["MALLOC_ARENA_MAX"] = os.environ.get("MALLOC_ARENA_MAX", "1")
     saved = {key: os.environ.get(key) for key in wanted}
     os.environ.update(wanted)
     try:

@@ -3,7 +3,6 @@ only one test executes notebooks; the others stop before a kernel starts)."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import nbformat
@@ -200,18 +199,3 @@ def test_checkpoint_selects_the_evaluation_and_inspection_notebooks(reference_di
         pipeline.checkpoint_notebooks(tmp_path / "missing.pth")
     args = pipeline.build_parser().parse_args(["--checkpoint", "x.pth"])
     assert args.checkpoint == "x.pth"
-
-
-def test_kernels_get_one_malloc_arena_unless_tuning_is_off(monkeypatch, tmp_path):
-    monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
-    monkeypatch.delenv("IRRA_MALLOC_TUNING", raising=False)
-    with pipeline._kernel_environment(tmp_path):
-        assert os.environ["MALLOC_ARENA_MAX"] == "1" and os.environ["IRRA_RUNS_DIR"] == str(tmp_path)
-    assert "MALLOC_ARENA_MAX" not in os.environ  # restored afterwards
-    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")  # a user's own setting is kept
-    with pipeline._kernel_environment(tmp_path):
-        assert os.environ["MALLOC_ARENA_MAX"] == "4"
-    monkeypatch.delenv("MALLOC_ARENA_MAX")
-    monkeypatch.setenv("IRRA_MALLOC_TUNING", "0")  # the opt-out leaves glibc's defaults alone
-    with pipeline._kernel_environment(tmp_path):
-        assert "MALLOC_ARENA_MAX" not in os.environ
