@@ -113,9 +113,9 @@ def one_batch_walkthrough(cfg: Any) -> BatchWalkthrough:
     from irra_core.model import build_model, capture_attention
     from irra_core.model.precision import AUTOCAST_DTYPES
 
-    # Tuned before this model is built, not later in fit(): with glibc's defaults in force while this throwaway
-    # model and batch are allocated, the training that follows in the same process ran 0.74-0.93 s a step
-    # instead of 0.42-0.48 (irra-cpu, 2 threads; benchmarks/README.md, "Eleventh pass").
+    # Tuned before this throwaway model is built, not later in fit() (irra_core.runtime: before the heavy
+    # allocations). A script replaying notebook 10 ran 0.74-0.93 s a step tuned late, 0.46 tuned here (irra-cpu,
+    # 2 threads, one run each; benchmarks/README.md, "Eleventh pass").
     runtime.tune_allocator()
     seed_everything(cfg.train.seed)
     dataset = prepare_dataset(cfg)
