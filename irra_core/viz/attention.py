@@ -214,6 +214,19 @@ def cells_in_box(box: Sequence[float], grid: tuple[int, int]) -> torch.Tensor:
     return inside.reshape(-1)
 
 
+def _tied_maxima(w: torch.Tensor) -> torch.Tensor:
+    """(P,) bool: the cells of a flat (P,) map within float tolerance of its maximum (ties share a peak)."""
+    return w >= w.max() - 1e-7 * max(1.0, float(w.abs().max()))
+
+
+def _scored_words(maps: Sequence[tuple[torch.Tensor, Sequence[str], dict]]):
+    """``(word map (P,), part, kind, regions)`` for every :func:`attribute_words` entry whose part is drawn."""
+    for word_maps, tokens, regions in maps:
+        for index, part, kind in attribute_words(tokens):
+            if part in regions and index < word_maps.shape[0]:
+                yield word_maps[index], part, kind, regions
+
+
 def pointing_game(weights: torch.Tensor, box: Sequence[float], grid: tuple[int, int]) -> tuple[float, float]:
     """Pointing game (Zhang et al., 2016, "Top-down neural attention by excitation backprop") on a patch grid.
 
@@ -238,7 +251,7 @@ def pointing_game(weights: torch.Tensor, box: Sequence[float], grid: tuple[int, 
     if w.numel() != gh * gw:
         raise ValueError(f"attention has {w.numel()} weights but the grid {grid} has {gh * gw} patches")
     inside = cells_in_box(box, grid)
-    top = w >= w.max() - 1e-7 * max(1.0, float(w.abs().max()))
+    top = _tied_maxima(w)
     hit = float((top & inside).sum()) / float(top.sum())
     return hit, float(inside.double().mean())
 
@@ -294,12 +307,9 @@ def score_pointing(maps: Sequence[tuple[torch.Tensor, Sequence[str], dict]], gri
     import pandas as pd
 
     rows = []
-    for word_maps, tokens, regions in maps:
-        for index, part, kind in attribute_words(tokens):
-            if part not in regions or index >= word_maps.shape[0]:
-                continue
-            hit, uniform = pointing_game(word_maps[index], regions[part], grid)
-            rows.append({"part": part, "kind": kind, "hit": hit, "uniform": uniform})
+    for word_map, part, kind, regions in _scored_words(maps):
+        hit, uniform = pointing_game(word_map, regions[part], grid)
+        rows.append({"part": part, "kind": kind, "hit": hit, "uniform": uniform})
     if not rows:
         return pd.DataFrame(columns=["part", "kind", "words", "hit_rate", "uniform_rate", "lift"])
     frame = pd.DataFrame(rows)
@@ -361,14 +371,10 @@ def peak_concentration(maps: Sequence[tuple[torch.Tensor, Sequence[str], dict]],
     gh, gw = grid
     credit = torch.zeros(gh * gw, dtype=torch.float64)
     per_sample = []
-    for word_maps, tokens, regions in maps:
-        for index, part, _ in attribute_words(tokens):
-            if part not in regions or index >= word_maps.shape[0]:
-                continue
-            w = word_maps[index].detach().double().reshape(-1)
-            top = w >= w.max() - 1e-7 * max(1.0, float(w.abs().max()))
-            credit += top.double() / top.sum()
-            per_sample.append(regions)
+    for word_map, _, _, regions in _scored_words(maps):
+        top = _tied_maxima(word_map.detach().double().reshape(-1))
+        credit += top.double() / top.sum()
+        per_sample.append(regions)
     n = len(per_sample)
     cell = int(credit.argmax())
     outside = [not any(bool(cells_in_box(box, grid)[cell]) for box in regions.values()) for regions in per_sample]
