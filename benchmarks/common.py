@@ -22,10 +22,11 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from irra_core.config import Config, load_config  # noqa: E402
-from irra_core.runtime import tune_allocator  # noqa: E402
+from irra_core.runtime import tune_cpu  # noqa: E402
 
-# The benchmarks time what fit() and encode_split() run: a process with the C allocator tuned (runtime.py).
-tune_allocator()
+# The benchmarks time what fit() and encode_split() run: a process with the C allocator tuned and subnormals
+# flushed to zero (runtime.tune_cpu).
+tune_cpu()
 
 REFERENCE_PERF = Path(os.environ.get("IRRA_REFERENCE_DIR", ROOT.parent / "shared" / "reference")) / "perf.json"
 

@@ -46,7 +46,7 @@ from irra_core.distributed import (DistInfo, all_reduce_sum, barrier, cleanup_di
                                    init_distributed)
 from irra_core.optim import build_optimizer
 from irra_core.runs import RunDir, environment_info
-from irra_core.runtime import device_type, resolve_device, tune_allocator
+from irra_core.runtime import device_type, resolve_device, tune_cpu
 from irra_core.scheduler import build_scheduler
 from irra_core.train_progress import EpochMeter, Progress
 
@@ -258,10 +258,11 @@ def fit(cfg: Config, run_dir: str | Path, *, callbacks: Iterable[Any] = (), resu
     Returns:
         :class:`FitResult` with the final metrics (also in ``metrics.json``), checkpoints and log lines.
 
-    Tunes the process's C allocator once (:func:`irra_core.runtime.tune_allocator`: CPU steps several times
-    faster; ``IRRA_MALLOC_TUNING=0`` opts out).
+    Tunes the process for CPU work once (:func:`irra_core.runtime.tune_cpu`: the C allocator, CPU steps several
+    times faster, and flush-to-zero, IRRA steps 2x faster on Intel CPUs; ``IRRA_MALLOC_TUNING=0`` and
+    ``IRRA_FLUSH_DENORMALS=0`` opt out).
     """
-    tune_allocator()
+    tune_cpu()
     callbacks = list(callbacks)
     started_group = not torch.distributed.is_initialized()
     dist_info = init_distributed(device_type(cfg.train.device))

@@ -8,6 +8,8 @@
   :func:`~irra_core.train_notebook.one_batch_walkthrough`, which allocate a whole model before ``fit`` runs:
   a script replaying notebook 10 ran ~1.8x slower when tuned only then), the benchmarks
   (``benchmarks/common.py``) and the test suite (``tests/conftest.py``).
+* :func:`flush_denormals` sets flush-to-zero / denormals-are-zero on the CPU threads torch computes on (see
+  "Why subnormal numbers matter" below). :func:`tune_cpu` applies both, and is what the call sites above call.
 * :func:`torch_threads` sets torch's intra-op thread count for a block and restores it afterwards.
 
 Why the allocator matters:
@@ -23,6 +25,18 @@ keeps the pages mapped and reused.
 Measured again on this project's 2-core machine (``benchmarks/bench_train.py --config php-cpu --model php
 --steps 3``, loaded machine): 1.42 s per step tuned, 7.65 s with ``IRRA_MALLOC_TUNING=0``.
 Set ``IRRA_MALLOC_TUNING=0`` to leave glibc's defaults alone.
+
+Why subnormal numbers matter:
+
+float32 values below 1.2e-38 (subnormals) take a slow microcode path on Intel CPUs, tens of times slower
+per operation; AMD's Zen cores handle most of them at full speed. IRRA's MLM head softmaxes over the whole
+49,408-token vocabulary, and as training sharpens it the probabilities of the tokens never seen underflow
+into that range, so their gradients and AdamW's products with them do too. On the project's 2-core Intel
+machine (Xeon, family 6 model 207) an ``irra-cpu`` step in the third epoch took 0.96-1.13 s, and 0.44 s
+with flush-to-zero, the losses equal to the printed digits (``benchmarks/README.md``, "Twelfth pass"). The
+setting is per thread: torch's ``set_flush_denormal`` changes only the calling thread, and OpenMP's worker
+threads keep the mode they started with, so :func:`flush_denormals` also runs it once on every thread of
+the OpenMP team. Set ``IRRA_FLUSH_DENORMALS=0`` to keep subnormals (IEEE gradual underflow).
 """
 from __future__ import annotations
 
@@ -65,6 +79,71 @@ def tune_allocator(mmap_threshold: int = 32 * 1024 * 1024, trim_threshold: int =
         (_M_MMAP_THRESHOLD, mmap_threshold), (_M_TRIM_THRESHOLD, trim_threshold), (_M_TOP_PAD, top_pad)))
     _applied = ok
     return ok
+
+
+def _subnormal_share() -> float:
+    """Share of an intra-op parallel multiply's subnormal results kept (not flushed): 1.0 when no thread of
+    torch's flushes, 0.0 when every thread does, in between when only some do."""
+    import torch
+
+    n = 1 << 20  # far above torch's parallel grain size, so every OpenMP thread takes a share
+    # 2**-127 written as bits (0x00400000): converting a Python float would itself be flushed on this thread
+    subnormal = torch.full((n,), 1 << 22, dtype=torch.int32).view(torch.float32)
+    return int(torch.count_nonzero(subnormal * 0.5)) / n
+
+
+def _on_every_openmp_thread(action) -> bool:
+    """Run ``action()`` once on each thread of the OpenMP team torch uses; False when it cannot."""
+    import glob
+
+    import torch
+
+    libraries = sorted(glob.glob(os.path.join(os.path.dirname(torch.__file__), "lib", "lib*omp*.so*")))
+    callback_type = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
+    for path in libraries:
+        try:
+            parallel = ctypes.CDLL(path).GOMP_parallel  # libgomp, and LLVM/Intel OpenMP's GNU entry point
+        except (OSError, AttributeError):
+            continue
+        parallel.argtypes = [callback_type, ctypes.c_void_p, ctypes.c_uint, ctypes.c_uint]
+        parallel.restype = None
+        callback = callback_type(lambda _data: action())
+        parallel(callback, None, torch.get_num_threads(), 0)  # ctypes drops the GIL; each thread retakes it
+        return True
+    return False
+
+
+def flush_denormals(on: bool = True) -> bool:
+    """Flush subnormal float results to zero (FTZ) and read subnormal inputs as zero (DAZ) on the CPU threads
+    torch computes on; returns whether the mode now holds on all of them.
+
+    Args:
+        on: True to flush; False restores IEEE gradual underflow (subnormals kept).
+
+    torch's ``set_flush_denormal`` is per thread, so this applies it to the calling thread and then, through
+    OpenMP's ``GOMP_parallel``, to every thread of torch's intra-op team, and checks the result with a
+    parallel multiply. Threads created later inherit the mode of the thread that creates them. A no-op
+    (False) on CPUs without the SSE3 flags (``set_flush_denormal`` refuses) or when
+    ``IRRA_FLUSH_DENORMALS=0`` (then subnormals are kept, whatever ``on`` says). Safe to call repeatedly.
+    Why: the module docstring ("Why subnormal numbers matter"); ``benchmarks/README.md``, "Twelfth pass".
+    """
+    import torch
+
+    if on and os.environ.get("IRRA_FLUSH_DENORMALS", "1") == "0":
+        return False
+    if not torch.set_flush_denormal(on):
+        return False
+    wanted = 0.0 if on else 1.0
+    if _subnormal_share() == wanted:
+        return True
+    _on_every_openmp_thread(lambda: torch.set_flush_denormal(on))
+    return _subnormal_share() == wanted
+
+
+def tune_cpu() -> tuple[bool, bool]:
+    """:func:`tune_allocator` then :func:`flush_denormals`: what the code that runs heavy CPU work calls once per
+    process, before it allocates (module docstring). Returns both results, ``(allocator, flush)``."""
+    return tune_allocator(), flush_denormals()
 
 
 @contextlib.contextmanager

@@ -44,7 +44,8 @@ def training_setup(arch: str, run_name: str, preset: str, dataset: str, data_roo
                    overrides: Mapping[str, Any] | None, *, smoke: bool, device: str, seed: int,
                    interactive: bool) -> tuple[Path, Any]:
     """The notebook's run folder and configuration, printed as one line; applies the plotting theme and tunes the
-    C allocator for the process (:func:`irra_core.runtime.tune_allocator`) before anything large is allocated.
+    process for CPU work (:func:`irra_core.runtime.tune_cpu`: C allocator, flush-to-zero) before anything large is
+    allocated or computed.
 
     Args:
         arch: ``"irra"`` or ``"php"``; the other arguments are the notebook's standard parameters
@@ -57,7 +58,7 @@ def training_setup(arch: str, run_name: str, preset: str, dataset: str, data_roo
     from irra_core.config import preset_for
     from irra_core.viz import set_theme
 
-    runtime.tune_allocator()
+    runtime.tune_cpu()
     set_theme()
     run_dir = resolve_run_dir(run_name, preset, dataset, smoke=smoke)
     cfg = workbook_config(arch, preset, dataset, data_root, overrides, smoke=smoke, device=device, seed=seed,
@@ -113,10 +114,10 @@ def one_batch_walkthrough(cfg: Any) -> BatchWalkthrough:
     from irra_core.model import build_model, capture_attention
     from irra_core.model.precision import AUTOCAST_DTYPES
 
-    # Tuned before this throwaway model is built, not later in fit() (irra_core.runtime: before the heavy
+    # Tuned (runtime.tune_cpu) before this throwaway model is built, not later in fit() (irra_core.runtime: before the heavy
     # allocations). A script replaying notebook 10 ran 0.74-0.93 s a step tuned late, 0.46 tuned here (irra-cpu,
     # 2 threads, one run each; benchmarks/README.md, "Eleventh pass").
-    runtime.tune_allocator()
+    runtime.tune_cpu()
     seed_everything(cfg.train.seed)
     dataset = prepare_dataset(cfg)
     model = build_model(cfg, dataset.num_classes)

@@ -16,11 +16,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest  # noqa: E402
 
-from irra_core.runtime import tune_allocator  # noqa: E402
+from irra_core.runtime import tune_cpu  # noqa: E402
 
-# The suite trains and evaluates on the CPU in-process, as fit() and encode_split() do: tune the C allocator
-# once for the whole session (runtime.py; several times faster CPU steps here).
-tune_allocator()
+# The suite trains and evaluates on the CPU in-process, as fit() and encode_split() do: tune the C allocator and
+# flush subnormals to zero once for the whole session (runtime.py; several times faster CPU steps here).
+tune_cpu()
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES_DIR = Path(__file__).resolve().parent / "fixtures"

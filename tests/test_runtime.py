@@ -35,6 +35,28 @@ def test_tune_allocator_applies_once_and_can_be_refused(monkeypatch):
     assert runtime.tune_allocator() is False
 
 
+@pytest.mark.skipif(not torch.set_flush_denormal(False) or not torch.set_flush_denormal(True),
+                    reason="this CPU has no flush-to-zero mode (x86 with SSE3 only)")
+def test_flush_denormals_holds_on_every_intra_op_thread_even_after_the_pool_started(monkeypatch):
+    with runtime.torch_threads(2):
+        torch.randn(256, 256) @ torch.randn(256, 256)  # the OpenMP team exists before the mode is set
+        try:
+            assert runtime.flush_denormals(False) is True
+            assert runtime._subnormal_share() == 1.0  # IEEE gradual underflow on both threads
+            torch.set_flush_denormal(True)  # torch's own switch: the calling thread alone
+            assert 0.0 < runtime._subnormal_share() < 1.0  # the worker's share of the product stays subnormal
+            assert runtime.flush_denormals(True) is True
+            assert runtime._subnormal_share() == 0.0
+            bits = torch.full((1 << 20,), 1 << 22, dtype=torch.int32).view(torch.float32)  # 2**-127, subnormal
+            assert torch.count_nonzero(bits * 0.5) == 0 and torch.count_nonzero(bits.double()) == 0  # DAZ: read as 0
+            monkeypatch.setenv("IRRA_FLUSH_DENORMALS", "0")
+            assert runtime.flush_denormals(True) is False  # refused: the mode is left as it is
+            assert runtime._subnormal_share() == 0.0
+        finally:
+            monkeypatch.delenv("IRRA_FLUSH_DENORMALS", raising=False)
+            runtime.flush_denormals(True)  # the suite runs flushed (conftest)
+
+
 def test_torch_threads_sets_and_restores_even_on_error():
     before = torch.get_num_threads()
     target = 1 if before != 1 else 2
@@ -79,15 +101,15 @@ class _Towers(nn.Module):
         return self.text(x)
 
 
-def test_fit_and_encode_split_tune_the_allocator(monkeypatch):
+def test_fit_and_encode_split_tune_the_process(monkeypatch):
     calls = []
-    monkeypatch.setattr(encode, "tune_allocator", lambda: calls.append("encode"))
+    monkeypatch.setattr(encode, "tune_cpu", lambda: calls.append("encode"))
     loader = DataLoader(TensorDataset(torch.arange(6), torch.randn(6, 4)), batch_size=4)
     split = encode.encode_split(_Towers(), None, loaders=(loader, loader), device="cpu")
     assert calls == ["encode"] and split.q_feats.shape == (6, 3)
     from irra_core import engine
 
-    monkeypatch.setattr(engine, "tune_allocator", lambda: calls.append("fit"))
+    monkeypatch.setattr(engine, "tune_cpu", lambda: calls.append("fit"))
     monkeypatch.setattr(engine, "init_distributed", lambda device: (_ for _ in ()).throw(RuntimeError("stop")))
     with pytest.raises(RuntimeError, match="stop"):
         engine.fit(SimpleNamespace(train=SimpleNamespace(device="cpu")), "unused")

@@ -79,12 +79,12 @@ def test_figure_names_follow_the_notebook_and_refuse_unknown_models(tmp_path):
         _figure_path(tmp_path, "clip", "steps")
 
 
-def test_training_cells_tune_the_allocator_before_anything_large_is_built(monkeypatch):
-    """The walkthrough allocates a whole model before fit(); the allocator must be tuned first (runtime docstring)."""
+def test_training_cells_tune_the_process_before_anything_large_is_built(monkeypatch):
+    """The walkthrough allocates a whole model before fit(); allocator and flush-to-zero come first (runtime docstring)."""
     from irra_core import runtime, train_notebook
 
     events = []
-    monkeypatch.setattr(runtime, "tune_allocator", lambda *a, **k: events.append("tune") or True)
+    monkeypatch.setattr(runtime, "tune_cpu", lambda *a, **k: events.append("tune") or (True, True))
 
     def no_dataset(cfg, *a, **k):
         events.append("prepare_dataset")

@@ -9,7 +9,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from irra_core.runtime import resolve_device as runtime_resolve_device, tune_allocator
+from irra_core.runtime import resolve_device as runtime_resolve_device, tune_cpu
 
 
 @dataclass
@@ -110,9 +110,10 @@ def encode_split(
 
     The model runs in eval mode without gradients (bf16 autocast on CUDA) and gets its training mode
     back afterwards; ``progress`` shows tqdm bars. Returns an :class:`EncodedSplit` of (Q, D) / (G, D) float32 CPU embeddings.
-    Tunes the process's C allocator once (:func:`irra_core.runtime.tune_allocator`; ``IRRA_MALLOC_TUNING=0`` opts out).
+    Tunes the process for CPU work once (:func:`irra_core.runtime.tune_cpu`: the C allocator and flush-to-zero;
+    ``IRRA_MALLOC_TUNING=0`` and ``IRRA_FLUSH_DENORMALS=0`` opt out).
     """
-    tune_allocator()
+    tune_cpu()
     device = resolve_device(device, cfg, model)
     if loaders is None:
         from irra_core.data import build_eval_loaders
