@@ -205,6 +205,29 @@ def environment_checks(preset: str = "cpu", dataset: str = "synthetic", data_roo
     return rows
 
 
+def cpu_model(cpuinfo: str | Path = "/proc/cpuinfo") -> str:
+    """The CPU's model name (from ``cpuinfo``, Linux's ``/proc/cpuinfo``, else ``platform.processor()``), with its
+    family and model numbers where the file gives them: speeds differ by machine type (``benchmarks/README.md``,
+    "Twelfth pass"), so runs record it. ``"unknown"`` when neither says."""
+    import platform
+
+    fields: dict[str, str] = {}
+    try:
+        with open(cpuinfo, encoding="utf-8") as handle:
+            for line in handle:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if not key:
+                    break  # the first processor's block is enough
+                fields.setdefault(key, value.strip())
+    except OSError:
+        pass
+    name = fields.get("model name") or platform.processor() or "unknown"
+    if "cpu family" in fields and "model" in fields:
+        name += f" (family {fields['cpu family']}, model {fields['model']})"
+    return name
+
+
 def _device_checks(add: Callable[..., None], preset: str, device: str) -> None:
     """CUDA, the device ``device`` resolves to (:func:`irra_core.runtime.device_type`), the GPU and its bf16
     support, the CPU threads and whether the preset's precision suits this machine."""
@@ -222,7 +245,9 @@ def _device_checks(add: Callable[..., None], preset: str, device: str) -> None:
         add("gpu", f"{props.name}, {props.total_memory / 2**30:.1f} GiB")
         add("bf16 autocast", torch.cuda.is_bf16_supported())
     else:
-        add("bf16 autocast", "CPU only: fp32 is faster here (no bf16 hardware); the cpu presets use fp32")
+        add("bf16 autocast", "CPU only: the cpu presets use fp32 (bf16 autocast was no faster at their sizes, "
+                             "even with AMX; benchmarks/README.md)")
+    add("cpu", cpu_model())
     add("cpu threads", f"{torch.get_num_threads()} torch threads, {os.cpu_count()} cores")
     precision = load_config(preset_for("php", preset)).model.precision
     add(f"preset '{preset}' precision", precision, cuda or precision == "fp32" or device == "cpu",

@@ -133,3 +133,21 @@ def test_one_device_resolver(monkeypatch):
     assert device_type("auto") == "cuda"
     assert resolve_device("cuda", local_rank=1) == torch.device("cuda:1")
     assert resolve_device("cuda:0", local_rank=1) == torch.device("cuda:0")
+
+
+def test_cpu_model_reads_the_first_processor_and_falls_back(tmp_path, monkeypatch):
+    from irra_core.workbook import cpu_model
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nvendor_id\t: GenuineIntel\ncpu family\t: 6\nmodel\t\t: 207\n"
+                    "model name\t: Intel(R) Xeon(R) Processor\nflags\t\t: fpu sse3\n\n"
+                    "processor\t: 1\nmodel name\t: Another CPU\n")
+    assert cpu_model(info) == "Intel(R) Xeon(R) Processor (family 6, model 207)"
+    info.write_text("processor\t: 0\nmodel name\t: AMD EPYC 7B13\n")
+    assert cpu_model(info) == "AMD EPYC 7B13"
+    import platform
+
+    monkeypatch.setattr(platform, "processor", lambda: "arm")
+    assert cpu_model(tmp_path / "missing") == "arm"
+    monkeypatch.setattr(platform, "processor", lambda: "")
+    assert cpu_model(tmp_path / "missing") == "unknown"
