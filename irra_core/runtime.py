@@ -5,9 +5,8 @@
   CPU work does, once per process - :func:`irra_core.engine.fit` and
   :func:`irra_core.evaluation.encode_split` (so every command and notebook that trains or evaluates), the
   training notebooks' first cells (:func:`irra_core.train_notebook.training_setup` and
-  :func:`~irra_core.train_notebook.one_batch_walkthrough`, which allocate a whole model before ``fit`` runs:
-  a script replaying notebook 10 ran ~1.8x slower when tuned only then), the benchmarks
-  (``benchmarks/common.py``) and the test suite (``tests/conftest.py``).
+  :func:`~irra_core.train_notebook.one_batch_walkthrough`, which allocate a whole model before ``fit`` runs),
+  the benchmarks (``benchmarks/common.py``) and the test suite (``tests/conftest.py``).
 * :func:`flush_denormals` sets flush-to-zero / denormals-are-zero on the CPU threads torch computes on (see
   "Why subnormal numbers matter" below). :func:`tune_cpu` applies both, and is what the call sites above call.
 * :func:`torch_threads` sets torch's intra-op thread count for a block and restores it afterwards.

@@ -114,9 +114,9 @@ def one_batch_walkthrough(cfg: Any) -> BatchWalkthrough:
     from irra_core.model import build_model, capture_attention
     from irra_core.model.precision import AUTOCAST_DTYPES
 
-    # Tuned (runtime.tune_cpu) before this throwaway model is built, not later in fit() (irra_core.runtime: before the heavy
-    # allocations). A script replaying notebook 10 ran 0.74-0.93 s a step tuned late, 0.46 tuned here (irra-cpu,
-    # 2 threads, one run each; benchmarks/README.md, "Eleventh pass").
+    # Tuned (runtime.tune_cpu) before this throwaway model is built, not later in fit(): before the heavy
+    # allocations, and before torch's OpenMP team starts, so its threads inherit flush-to-zero (irra_core.runtime;
+    # benchmarks/README.md, "Eleventh pass" and "Twelfth pass").
     runtime.tune_cpu()
     seed_everything(cfg.train.seed)
     dataset = prepare_dataset(cfg)
