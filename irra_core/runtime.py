@@ -28,7 +28,7 @@ Set ``IRRA_MALLOC_TUNING=0`` to leave glibc's defaults alone.
 Why subnormal numbers matter:
 
 float32 values below 1.2e-38 (subnormals) take a slow microcode path on Intel CPUs, tens of times slower
-per operation; AMD's Zen cores handle most of them at full speed. IRRA's MLM head softmaxes over the whole
+per operation (how much depends on the CPU: the machines of earlier sessions never showed it). IRRA's MLM head softmaxes over the whole
 49,408-token vocabulary, and as training sharpens it the probabilities of the tokens never seen underflow
 into that range, so their gradients and AdamW's products with them do too. On the project's 2-core Intel
 machine (Xeon, family 6 model 207) an ``irra-cpu`` step in the third epoch took 0.96-1.13 s, and 0.44 s
