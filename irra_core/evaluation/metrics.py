@@ -116,7 +116,10 @@ def _stable_topk(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tens
 
 
 def _order_keys(values: torch.Tensor) -> torch.Tensor:
-    """int64 keys in [0, 2^32) ordered exactly like the float32 ``values`` (finite; -0.0 == +0.0)."""
+    """int64 keys in [0, 2^32) ordered exactly like the float32 ``values`` (finite; -0.0 == +0.0).
+
+    Under flush-to-zero (:func:`irra_core.runtime.flush_denormals`) subnormal values key as 0.0, as every float
+    comparison of the process then reads them."""
     bits = (values.float() + 0.0).view(torch.int32).long()  # + 0.0 turns -0.0 into +0.0
     # negative floats order reversed by their bit pattern: flip the 31 magnitude bits
     return torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits) + 2**31
