@@ -28,9 +28,9 @@ Set ``IRRA_MALLOC_TUNING=0`` to leave glibc's defaults alone.
 Why subnormal numbers matter:
 
 float32 values below 1.2e-38 (subnormals) take a slow microcode path on Intel CPUs, tens of times slower
-per operation (how much depends on the CPU: the machines of earlier sessions never showed it). IRRA's MLM head softmaxes over the whole
-49,408-token vocabulary, and as training sharpens it the probabilities of the tokens never seen underflow
-into that range, so their gradients and AdamW's products with them do too. On the project's 2-core Intel
+per operation (how much depends on the CPU: the machines of earlier sessions never showed it). IRRA's MLM
+head softmaxes over the whole 49,408-token vocabulary, and as training sharpens it the probabilities of
+the tokens never seen underflow into that range, and so do the gradients built from them. On the project's 2-core Intel
 machine (Xeon, family 6 model 207) an ``irra-cpu`` step in the third epoch took 0.96-1.13 s, and 0.44 s
 with flush-to-zero, the losses equal to the printed digits (``benchmarks/README.md``, "Twelfth pass"). The
 setting is per thread: torch's ``set_flush_denormal`` changes only the calling thread, and OpenMP's worker
@@ -135,7 +135,8 @@ def flush_denormals(on: bool = True) -> bool:
     wanted = 0.0 if on else 1.0
     if _subnormal_share() == wanted:
         return True
-    _on_every_openmp_thread(lambda: torch.set_flush_denormal(on))
+    if not _on_every_openmp_thread(lambda: torch.set_flush_denormal(on)):
+        return False  # no OpenMP runtime found next to torch: the calling thread alone has the mode
     return _subnormal_share() == wanted
 
 

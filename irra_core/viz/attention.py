@@ -364,9 +364,9 @@ def peak_concentration(maps: Sequence[tuple[torch.Tensor, Sequence[str], dict]],
 
     Returns:
         ``{"words": n, "cell": (row, col), "share": percent of the words' peaks on that cell, "even": 100 / P
-        (the share of any one cell under evenly spread peaks), "outside_parts": percent of those samples whose
-        regions leave that cell's centre outside every box}``; ``share`` and ``outside_parts`` are ``nan`` with
-        no words.
+        (the share of any one cell under evenly spread peaks), "outside_parts": percent of the counted words
+        whose image's regions leave that cell's centre outside every box}``; ``share`` and ``outside_parts``
+        are ``nan`` with no words.
     """
     gh, gw = grid
     credit = torch.zeros(gh * gw, dtype=torch.float64)
