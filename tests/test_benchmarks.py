@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -233,3 +234,57 @@ def test_bench_bootstrap_smoke_fields(capsys):
         row = cases[name]
         assert row["seconds"] > 0 and row["resamples"] == 50 and row["R1_low"] <= row["R1"] <= row["R1_high"]
     assert 0 < cases["paired test"]["R1_p"] <= 1
+
+
+def test_irra_relevance_maps_batch_the_words_without_mixing_them(tmp_path):
+    """bench_irra_pointing.relevance_maps masks every attribute word of a caption in one batch; each word's
+    row must equal the same rule computed for that word alone (one masked caption, one backward pass), rows
+    of other tokens stay zero, and the model's attention recorders are restored."""
+    from benchmarks import bench_irra_pointing
+    from irra_core.config import load_config
+    from irra_core.data import prepare_dataset
+    from irra_core.data.tokenizer import MASK_ID
+    from irra_core.model import build_model
+    from irra_core.viz.attention import attribute_words
+    from irra_core.viz.inspect import InspectRun, first_gallery_image
+
+    torch.set_num_threads(1)
+    cfg = load_config("irra-cpu", {"data.root": str(tmp_path)}, smoke=True)
+    ds = prepare_dataset(cfg)
+    torch.manual_seed(0)
+    model = build_model(cfg, ds.num_classes).eval()
+    run = InspectRun(name="irra", model=model, split=ds.test, cfg=cfg, img_size=tuple(cfg.data.img_size),
+                     text_length=cfg.data.text_length)
+    samples = bench_irra_pointing.relevance_maps(run, 3, seed=0)
+    assert model.cross_attn.recorder is None
+    assert all(block.attn.recorder is None for block in model.cross_modal_transformer.resblocks)
+
+    query = int(np.random.default_rng([0, 31]).choice(len(run.split["captions"]), size=3, replace=False)[0])
+    maps, tokens, _ = samples[0]
+    words = attribute_words(tokens)
+    assert len(words) >= 2, "the check needs a caption with several attribute words"
+    attribute_rows = {i for i, _, _ in words}
+    assert all(float(maps[i].abs().sum()) == 0.0 for i in range(len(tokens)) if i not in attribute_rows)
+    image = model.base_model.encode_image(run.model_images([first_gallery_image(run, query)])).detach()
+    ids = run.caption_ids([run.split["captions"][query]])
+    layers = [model.cross_attn] + [block.attn for block in model.cross_modal_transformer.resblocks]
+    for index, _, _ in words:
+        masked = ids.clone()
+        label = int(masked[0, index])
+        masked[0, index] = MASK_ID
+        recorded = []
+        for layer in layers:
+            layer.recorder = recorded.append
+        try:
+            hidden = model.cross_former(model.base_model.encode_text(masked).detach(), image)
+            logit = model.mlm_head(hidden[0, index])[label]
+            grads = torch.autograd.grad(logit, recorded)
+        finally:
+            for layer in layers:
+                layer.recorder = None
+        relevance = (grads[0] * recorded[0]).clamp_min(0).mean(1)[0]
+        for grad, probs in zip(grads[1:], recorded[1:]):
+            relevance = relevance + (grad * probs).clamp_min(0).mean(1)[0] @ relevance
+        expected = relevance[index, 1:]
+        assert float(expected.detach().sum()) > 0
+        torch.testing.assert_close(maps[index], expected, rtol=1e-4, atol=1e-7)
