@@ -15,7 +15,7 @@ For one trained IRRA run (a recipe run or a workbook run's ``irra`` folder) on i
    the information is in the part, and the branch's attention is what fails to go there. Three more key sets
    test the cell where most words peak (point 2, the sink): (f) the CLS token plus that cell alone, (g) every
    patch but that cell, and (h) every patch with that cell taken from another identity's image. If (h) falls
-   below (d), the sink cell carries image-specific content that the MLM head reads.
+   below (a), the MLM head reads image-specific content from the sink cell; if (g) does not, it does not need it.
 4. with ``--relevance``, the pointing game of a second reading of the branch, gradient-weighted attention
    relevance (Chefer et al., ICCV 2021, "Generic Attention-model Explainability for Interpreting Bi-Modal and
    Encoder-Decoder Transformers"): each attribute word is masked in turn, and its map is what the MLM logit of
@@ -73,11 +73,13 @@ def masked_colour_accuracy(run, pairs: int, sink_cell: int, seed: int = 0) -> di
                 keep_cls = torch.ones(1, dtype=torch.bool)
                 sink = torch.zeros(image.shape[1], dtype=torch.bool)
                 sink[1 + sink_cell] = True
+                cls_and_sink = sink.clone()
+                cls_and_sink[0] = True
                 swapped = image.clone()
                 swapped[:, sink] = other[:, sink]
                 keys = {"all patches": image, "inside the part": image[:, torch.cat([keep_cls, inside])],
                         "outside the part": image[:, torch.cat([keep_cls, ~inside])], "CLS only": image[:, :1],
-                        "another image": other, "CLS + sink cell": image[:, sink | (torch.arange(sink.numel()) == 0)],
+                        "another image": other, "CLS + sink cell": image[:, cls_and_sink],
                         "all but the sink cell": image[:, ~sink], "sink cell swapped": swapped}
                 masked = ids.clone()
                 label = int(masked[0, index])
