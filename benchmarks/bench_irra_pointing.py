@@ -108,33 +108,29 @@ def relevance_maps(run, pairs: int, seed: int = 0) -> list:
 
     Args:
         run: a loaded IRRA run (:func:`irra_core.viz.inspect.load_run`) on a synthetic split.
-        pairs: test captions, drawn as :func:`irra_core.viz.inspect.word_patch_maps` draws them for ``seed``,
-            each on its identity's first gallery image.
+        pairs: test captions with their images, :func:`irra_core.viz.inspect.pointing_pairs` for ``seed`` (the
+            pairs :func:`irra_core.viz.inspect.word_patch_maps` reads).
 
     Returns:
         ``[(maps (L', P), tokens (L',), regions)]``; rows of tokens that are not attribute words are zero.
     """
-    import numpy as np
     import torch
 
     from irra_core.data.synthetic import load_regions
     from irra_core.data.tokenizer import MASK_ID
     from irra_core.viz.attention import attribute_words
-    from irra_core.viz.inspect import decode_tokens, first_gallery_image
+    from irra_core.viz.inspect import decode_tokens, pointing_pairs
 
     model = run.model.eval()
     layers = [model.cross_attn] + [block.attn for block in model.cross_modal_transformer.resblocks]
     recorded: list = []
     saved = [layer.recorder for layer in layers]
-    captions = run.split["captions"]
-    rng = np.random.default_rng([seed, 31])  # word_patch_maps' draw
     samples = []
     try:
         for layer in layers:
             layer.recorder = recorded.append
-        for q in rng.choice(len(captions), size=min(pairs, len(captions)), replace=False):
-            g = first_gallery_image(run, int(q))
-            ids = run.caption_ids([captions[q]]).to(run.device)
+        for q, g in pointing_pairs(run, pairs, seed):
+            ids = run.caption_ids([run.split["captions"][q]]).to(run.device)
             tokens = decode_tokens(ids[0].cpu())
             words = attribute_words(tokens)
             with torch.no_grad():

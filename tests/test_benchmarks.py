@@ -12,7 +12,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -246,7 +245,7 @@ def test_irra_relevance_maps_batch_the_words_without_mixing_them(tmp_path):
     from irra_core.data.tokenizer import MASK_ID
     from irra_core.model import build_model
     from irra_core.viz.attention import attribute_words
-    from irra_core.viz.inspect import InspectRun, first_gallery_image
+    from irra_core.viz.inspect import InspectRun, pointing_pairs
 
     torch.set_num_threads(1)
     cfg = load_config("irra-cpu", {"data.root": str(tmp_path)}, smoke=True)
@@ -259,13 +258,13 @@ def test_irra_relevance_maps_batch_the_words_without_mixing_them(tmp_path):
     assert model.cross_attn.recorder is None
     assert all(block.attn.recorder is None for block in model.cross_modal_transformer.resblocks)
 
-    query = int(np.random.default_rng([0, 31]).choice(len(run.split["captions"]), size=3, replace=False)[0])
+    query, gallery = pointing_pairs(run, 3, seed=0)[0]
     maps, tokens, _ = samples[0]
     words = attribute_words(tokens)
     assert len(words) >= 2, "the check needs a caption with several attribute words"
     attribute_rows = {i for i, _, _ in words}
     assert all(float(maps[i].abs().sum()) == 0.0 for i in range(len(tokens)) if i not in attribute_rows)
-    image = model.base_model.encode_image(run.model_images([first_gallery_image(run, query)])).detach()
+    image = model.base_model.encode_image(run.model_images([gallery])).detach()
     ids = run.caption_ids([run.split["captions"][query]])
     layers = [model.cross_attn] + [block.attn for block in model.cross_modal_transformer.resblocks]
     for index, _, _ in words:

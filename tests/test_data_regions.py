@@ -168,7 +168,7 @@ def test_word_patch_maps_on_untrained_models(tmp_path):
     from irra_core.data import prepare_dataset
     from irra_core.model import build_model
     from irra_core.viz import attention as A
-    from irra_core.viz.inspect import InspectRun, word_patch_maps
+    from irra_core.viz.inspect import InspectRun, pointing_pairs, word_patch_maps
 
     tables = {}
     cfgs = {arch: load_config(f"{arch}-cpu", {"data.root": str(tmp_path)}, smoke=True) for arch in ("irra", "php")}
@@ -178,7 +178,11 @@ def test_word_patch_maps_on_untrained_models(tmp_path):
         run = InspectRun(name=arch, model=build_model(cfg, ds.num_classes).eval(), split=ds.test, cfg=cfg,
                          img_size=tuple(cfg.data.img_size), text_length=cfg.data.text_length)
         samples, grid, source, images = word_patch_maps(run, 6, seed=0)
-        assert len(images) == len(samples) and all(run.split["image_pids"][g] for g in images)
+        pairs = pointing_pairs(run, 6, seed=0)
+        assert images == [g for _, g in pairs] and len(samples) == 6
+        assert len({q for q, _ in pairs}) == 6 and pairs == pointing_pairs(run, 6, seed=0)
+        assert all(run.split["image_pids"][g] == run.split["caption_pids"][q] for q, g in pairs)
+        assert len(pointing_pairs(run, 10**6, seed=0)) == len(run.split["captions"])  # capped at the split
         assert source == ("cross-attention" if arch == "irra" else "CRFM")
         for maps, tokens, regions in samples:
             assert maps.shape == (len(tokens), grid[0] * grid[1])

@@ -411,6 +411,19 @@ def load_runs(run_dir: str | Path, checkpoint: str = "best", *, device: str = "c
             for name, folder in found.items()}
 
 
+def pointing_pairs(run, num_pairs: int, seed: int = 0) -> list[tuple[int, int]]:
+    """The (caption, image) pairs the pointing game reads: ``num_pairs`` distinct random test captions (all when
+    there are fewer), each with its identity's first gallery image (:func:`first_gallery_image`).
+
+    Returns:
+        ``[(caption index, gallery index)]``, the same for the same split, ``num_pairs`` and ``seed``.
+    """
+    rng = np.random.default_rng([seed, 31])
+    count = len(run.split["captions"])
+    return [(int(q), first_gallery_image(run, int(q))) for q in rng.choice(count, size=min(num_pairs, count),
+                                                                               replace=False)]
+
+
 def word_patch_maps(run, num_pairs: int = 200, seed: int = 0) -> tuple[list, tuple[int, int], str, list[int]]:
     """Word -> patch maps of ``num_pairs`` random test captions on their identity's first gallery image,
     with that image's part boxes, ready for :func:`irra_core.viz.attention.score_pointing`.
@@ -435,13 +448,10 @@ def word_patch_maps(run, num_pairs: int = 200, seed: int = 0) -> tuple[list, tup
     from irra_core.data.synthetic import load_regions
 
     model = run.model
-    rng = np.random.default_rng([seed, 31])
     captions = run.split["captions"]
-    queries = rng.choice(len(captions), size=min(num_pairs, len(captions)), replace=False)
     irra_branch = hasattr(model, "cross_former") and hasattr(model, "cross_attn")
     samples, grid, images = [], None, []
-    for q in queries:
-        g = first_gallery_image(run, int(q))
+    for q, g in pointing_pairs(run, num_pairs, seed):
         images.append(g)
         regions = load_regions(run.split["img_paths"][g])
         if irra_branch:
