@@ -186,11 +186,16 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
+    from irra_core.errors import UserError
     from irra_core.viz import attention
     from irra_core.viz.inspect import load_run, word_patch_maps
 
     torch.set_num_threads(args.threads)
-    run = load_run(args.run, args.checkpoint)
+    try:
+        run = load_run(args.run, args.checkpoint)
+    except (FileNotFoundError, ValueError, UserError) as error:  # a missing or unreadable run: say so, no traceback
+        print(f"error: {error}")
+        return 2
     if not hasattr(run.model, "cross_attn"):
         print(f"error: {args.run} has no relation-reasoning (MLM) branch; pass an IRRA run trained with 'mlm'")
         return 2

@@ -287,3 +287,11 @@ def test_irra_relevance_maps_batch_the_words_without_mixing_them(tmp_path):
         expected = relevance[index, 1:]
         assert float(expected.detach().sum()) > 0
         torch.testing.assert_close(maps[index], expected, rtol=1e-4, atol=1e-7)
+
+
+def test_irra_pointing_refuses_a_missing_run_without_a_traceback(tmp_path, capsys):
+    from benchmarks import bench_irra_pointing
+
+    assert bench_irra_pointing.main(["--run", str(tmp_path / "missing"), "--threads", "1"]) == 2
+    out = capsys.readouterr().out
+    assert out.startswith("error: ") and "missing" in out and "Traceback" not in out
